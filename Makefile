@@ -1,0 +1,34 @@
+# Two commands set a fresh machine up: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck unit bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) examples/kitchen/demo.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check nsxpc protocols tests examples bench
+	$(VENV)/bin/ruff format --check nsxpc protocols
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+unit: $(STAMP)
+	$(PY) -m pytest -q tests
+
+test: lint typecheck unit
+
+bench: $(STAMP)
+	$(PY) bench/roundtrip.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,59 @@
+"""nsxpc: Apple's NSXPCConnection model for Python on Linux.
+
+Typed remote interfaces (``@nsxpc.protocol``), secure coding with per-slot
+allowlists, connections with interruption and invalidation semantics, and
+listeners, over Unix sockets with msgpack. This module defines nothing: it
+re-exports the public names of shared/API.md.
+"""
+
+from ._coding import Coder as Coder
+from ._coding import SecureCoding as SecureCoding
+from ._coding import secure_coding as secure_coding
+from ._connection import Connection as Connection
+from ._errors import ConnectionInterrupted as ConnectionInterrupted
+from ._errors import ConnectionInvalid as ConnectionInvalid
+from ._errors import DecodingError as DecodingError
+from ._errors import EncodingError as EncodingError
+from ._errors import ErrorCode as ErrorCode
+from ._errors import InterfaceError as InterfaceError
+from ._errors import PeerRequirementFailure as PeerRequirementFailure
+from ._errors import ProtocolError as ProtocolError
+from ._errors import RemoteError as RemoteError
+from ._errors import ReplyInvalid as ReplyInvalid
+from ._errors import TimedOut as TimedOut
+from ._errors import XPCError as XPCError
+from ._interface import Interface as Interface
+from ._interface import protocol as protocol
+from ._limits import Limits as Limits
+from ._listener import Listener as Listener
+from ._state import ConnectionState as ConnectionState
+from ._transport import PeerCredentials as PeerCredentials
+from ._values import ListenerEndpoint as ListenerEndpoint
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Coder",
+    "Connection",
+    "ConnectionInterrupted",
+    "ConnectionInvalid",
+    "ConnectionState",
+    "DecodingError",
+    "EncodingError",
+    "ErrorCode",
+    "Interface",
+    "InterfaceError",
+    "Limits",
+    "Listener",
+    "ListenerEndpoint",
+    "PeerCredentials",
+    "PeerRequirementFailure",
+    "ProtocolError",
+    "RemoteError",
+    "ReplyInvalid",
+    "SecureCoding",
+    "TimedOut",
+    "XPCError",
+    "protocol",
+    "secure_coding",
+]

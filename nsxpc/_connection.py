@@ -1,0 +1,1006 @@
+"""L4: NSXPCConnection: a connection's life cycle, its serial queue, and its link.
+
+Threads (DESIGN.md "Runtime guidance"):
+- Each connection has one thread, its *serial queue* (NSXPC H4): it reads
+  the socket, decodes one frame at a time, and runs exported methods, reply
+  blocks, error handlers and the interruption and invalidation handlers, one
+  at a time, in order. Separate connections run concurrently (X3).
+- A call is encoded and written on the calling thread (no hop on the way out);
+  a synchronous caller is woken directly when its reply is decoded.
+- Callbacks the user supplies never run while a library lock is held.
+
+Locks:
+- ``_send_lock`` orders everything that reaches the wire and guards the
+  outbox and the link. A link is marked dead, and its pending calls taken,
+  under this lock, so a call is either registered before the link dies (and
+  failed by the teardown) or sees it dead (and is failed or queued): never lost.
+"""
+
+from __future__ import annotations
+
+import collections
+import hmac
+import logging
+import os
+import select
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from . import _messages, _timers
+from ._errors import (
+    ConnectionInterrupted,
+    ConnectionInvalid,
+    EncodingError,
+    RemoteError,
+    ReplyInvalid,
+    TimedOut,
+    XPCError,
+    error_for_code,
+)
+from ._interface import Interface, MethodSpec
+from ._limits import DEFAULT_LIMITS, Limits
+from ._protocol import (
+    CallReceived,
+    CallRejected,
+    ConnectionCore,
+    HelloReceived,
+    PendingCall,
+    Refused,
+    Released,
+    Resolved,
+    Violation,
+    Welcomed,
+    encode_arguments,
+)
+from ._proxy import HANDLER, PLAIN, SYNC, RemoteProxy
+from ._state import ConnectionState, Lifecycle
+from ._transport import (
+    PeerCredentials,
+    connect_unix,
+    is_no_listener,
+    peer_credentials,
+    recv_chunk,
+    send_frame,
+    service_socket_path,
+)
+from ._values import ListenerEndpoint
+
+if TYPE_CHECKING:
+    from ._listener import Listener
+
+__all__ = ["Connection"]
+
+log = logging.getLogger("nsxpc")
+_tls = threading.local()
+_EPOLLIN = select.EPOLLIN | select.EPOLLRDHUP
+
+
+class _Link:
+    """One transport: a connected socket and the protocol core that speaks over it."""
+
+    __slots__ = ("core", "creds", "dead", "fd", "sock")
+
+    def __init__(self, sock: socket.socket, core: ConnectionCore, creds: PeerCredentials) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.core = core
+        self.creds = creds
+        self.dead = False
+
+
+class _Call(PendingCall):
+    """A call that expects a reply, with what must happen when it ends (exactly once)."""
+
+    __slots__ = ("done", "handler", "link", "mode", "outcome", "reply", "timer", "waiter")
+
+    def __init__(
+        self, method: MethodSpec, target: int, reply: Callable[..., object] | None, handler: Any, mode: str
+    ) -> None:
+        super().__init__(method, target)
+        self.reply = reply
+        self.handler = handler
+        self.mode = mode
+        self.link: _Link | None = None
+        self.done = False
+        self.outcome: tuple[list[Any] | None, XPCError | None] | None = None
+        self.timer: _timers.Timer | None = None
+        self.waiter: threading.Lock | None = None
+        if mode == SYNC:
+            self.waiter = threading.Lock()
+            self.waiter.acquire()
+
+
+class _Outgoing:
+    """A message (or a send barrier) waiting for the connection to run."""
+
+    __slots__ = ("args", "barrier", "call", "fds", "method", "target")
+
+    def __init__(
+        self,
+        method: MethodSpec | None,
+        args: list[object],
+        fds: list[int],
+        call: _Call | None,
+        target: int,
+        barrier: Callable[[], object] | None = None,
+    ) -> None:
+        self.method = method
+        self.args = args
+        self.fds = fds
+        self.call = call
+        self.target = target
+        self.barrier = barrier
+
+
+class _ReplyBlock:
+    """The ``reply`` callable an exported method receives. Call it at most once;
+    if it is garbage-collected uncalled, the caller gets ``ReplyInvalid``."""
+
+    __slots__ = ("_conn", "_link", "_method", "_seq", "_used", "__weakref__")
+
+    def __init__(self, conn: Connection, link: _Link, seq: int, method: MethodSpec) -> None:
+        self._conn = conn
+        self._link = link
+        self._seq = seq
+        self._method = method
+        self._used = False
+
+    def __repr__(self) -> str:
+        state = "used" if self._used else "pending"
+        return f"<nsxpc reply block of {self._method.selector!r} ({state})>"
+
+    def __call__(self, *values: object) -> None:
+        if self._used:
+            raise RuntimeError(f"the reply block of {self._method.selector!r} was already called")
+        self._used = True
+        link = self._link
+        try:
+            frame, fds = link.core.reply(self._seq, self._method, values)
+        except EncodingError as exc:
+            # The caller must still get exactly one answer: tell it the reply was bad.
+            error = ReplyInvalid(f"the reply to {self._method.selector!r} could not be encoded: {exc.message}")
+            self._conn._write(link, link.core.failure(self._seq, error))
+            raise
+        self._conn._write(link, frame, fds)
+
+    def _fail(self, error: XPCError) -> None:
+        if not self._used:
+            self._used = True
+            self._conn._write(self._link, self._link.core.failure(self._seq, error))
+
+    def __del__(self) -> None:
+        if self._used:
+            return
+        self._used = True
+        try:
+            error = ReplyInvalid(f"the reply block of {self._method.selector!r} was released without being called")
+            conn, link, frame = self._conn, self._link, self._link.core.failure(self._seq, error)
+            # Never write from a finalizer (it may run while this thread holds the send
+            # lock): hand the failure to the connection's queue.
+            conn._post(lambda: conn._write(link, frame))
+        except Exception:
+            pass
+
+
+class Connection:
+    """A connection to a service, a listener endpoint, or (on a listener) a client (NSXPCConnection).
+
+    Exactly one of the keyword arguments names the peer:
+
+    Args:
+        mach_service_name: a named service served by a ``Listener(mach_service_name=...)``.
+        service_name: a service bundle launched on demand.
+        listener_endpoint: a ``ListenerEndpoint``, e.g. of an anonymous listener.
+        loop: an asyncio event loop to deliver handlers on.
+
+    A connection starts suspended: configure it, then ``resume()``. Calls made
+    before that are queued and sent in order.
+
+    Raises:
+        TypeError: not exactly one peer is named.
+    """
+
+    def __init__(
+        self,
+        *,
+        mach_service_name: str | None = None,
+        service_name: str | None = None,
+        listener_endpoint: ListenerEndpoint | None = None,
+        loop: Any = None,
+        limits: Limits = DEFAULT_LIMITS,
+    ) -> None:
+        named = [v for v in (mach_service_name, service_name, listener_endpoint) if v is not None]
+        if len(named) != 1:
+            raise TypeError("Connection needs exactly one of mach_service_name=, service_name=, listener_endpoint=")
+        if listener_endpoint is not None and not isinstance(listener_endpoint, ListenerEndpoint):
+            raise TypeError(f"listener_endpoint must be an nsxpc.ListenerEndpoint, not {type(listener_endpoint).__name__}")
+        if loop is not None:
+            raise NotImplementedError("Connection(loop=...) is not available yet")
+        self._init_common(limits)
+        self.mach_service_name = mach_service_name
+        self.service_name = service_name
+        self.endpoint = listener_endpoint
+        if mach_service_name is not None:
+            self._path = service_socket_path(mach_service_name)
+            self._token = b""
+            self._interruptible = True
+            self._describe = f"the service named {mach_service_name}"
+        elif service_name is not None:
+            raise NotImplementedError("services launched on demand are not available yet")
+        else:
+            assert listener_endpoint is not None
+            self._path = listener_endpoint.path
+            self._token = listener_endpoint.token
+            self._interruptible = False
+            self._describe = "the listener endpoint" if listener_endpoint.token else f"the listener at {self._path}"
+
+    def _init_common(self, limits: Limits) -> None:
+        self._limits = limits
+        self._life = Lifecycle()
+        self._send_lock = threading.RLock()
+        self._link: _Link | None = None
+        self._creds: PeerCredentials | None = None
+        self._ever_connected = False
+        self._outbox: collections.deque[_Outgoing] = collections.deque()
+        self._queue: collections.deque[Callable[[], object]] = collections.deque()
+        self._thread: threading.Thread | None = None
+        self._wake_fd = -1
+        self._epoll: select.epoll | None = None
+        self._finished = False
+        self._exports: dict[int, tuple[object, Interface]] = {}
+        self._remote_interface: Interface | None = None
+        self._exported_interface: Interface | None = None
+        self._exported_object: object = None
+        self._interruption_handler: Callable[[], object] | None = None
+        self._invalidation_handler: Callable[[], object] | None = None
+        self._listener: Listener | None = None
+        self._handshake_deadline: float | None = None
+        self._invalid_reason = ""
+        self.mach_service_name = None
+        self.service_name = None
+        self.endpoint = None
+        self._interruptible = False
+
+    @classmethod
+    def _accepted(cls, listener: Listener, sock: socket.socket, limits: Limits) -> Connection:
+        """A listener's side of a new connection: it reads the handshake on its own queue."""
+        self = object.__new__(cls)
+        self._init_common(limits)
+        self._listener = listener
+        creds = peer_credentials(sock)
+        self._creds = creds
+        self._describe = f"the connection from pid {creds.pid}"
+        core = ConnectionCore(client=False, exports=self._exports, limits=limits)
+        self._link = _Link(sock, core, creds)
+        self._ever_connected = True
+        self._handshake_deadline = time.monotonic() + limits.handshake_timeout
+        self._start_queue()
+        return self
+
+    # ------------------------------------------------------------------ configuration
+
+    def __repr__(self) -> str:
+        peer = f" pid={self._creds.pid}" if self._creds else ""
+        return f"<nsxpc.Connection to {self._describe} {self.state.name}{peer}>"
+
+    @property
+    def state(self) -> ConnectionState:
+        """Where the connection is in its life cycle."""
+        return self._life.state
+
+    @property
+    def remote_object_interface(self) -> Interface | None:
+        """The interface of the object on the other side (required to send messages)."""
+        return self._remote_interface
+
+    @remote_object_interface.setter
+    def remote_object_interface(self, value: Interface | None) -> None:
+        if value is not None and not isinstance(value, Interface):
+            raise TypeError(f"remote_object_interface must be an nsxpc.Interface, not {type(value).__name__}")
+        self._remote_interface = value
+
+    @property
+    def exported_interface(self) -> Interface | None:
+        """The interface of ``exported_object`` (required if an object is exported)."""
+        return self._exported_interface
+
+    @exported_interface.setter
+    def exported_interface(self, value: Interface | None) -> None:
+        if value is not None and not isinstance(value, Interface):
+            raise TypeError(f"exported_interface must be an nsxpc.Interface, not {type(value).__name__}")
+        self._exported_interface = value
+        self._update_exports()
+
+    @property
+    def exported_object(self) -> object:
+        """The object whose methods the peer may call (held strongly until invalidation)."""
+        return self._exported_object
+
+    @exported_object.setter
+    def exported_object(self, value: object) -> None:
+        self._exported_object = value
+        self._update_exports()
+
+    def _update_exports(self) -> None:
+        if self._exported_object is not None and self._exported_interface is not None and not self._life.invalid:
+            self._exports[_messages.ROOT_OBJECT] = (self._exported_object, self._exported_interface)
+        else:
+            self._exports.pop(_messages.ROOT_OBJECT, None)
+
+    @property
+    def interruption_handler(self) -> Callable[[], object] | None:
+        """Called on the connection's queue when the peer went away but may come back."""
+        return self._interruption_handler
+
+    @interruption_handler.setter
+    def interruption_handler(self, value: Callable[[], object] | None) -> None:
+        self._interruption_handler = value
+
+    @property
+    def invalidation_handler(self) -> Callable[[], object] | None:
+        """Called once, last of all the connection's callbacks, when it becomes invalid."""
+        return self._invalidation_handler
+
+    @invalidation_handler.setter
+    def invalidation_handler(self, value: Callable[[], object] | None) -> None:
+        self._invalidation_handler = value
+
+    @property
+    def peer_credentials(self) -> PeerCredentials | None:
+        """The peer's identity as the kernel gave it at connect, or None before connecting."""
+        return self._creds
+
+    @property
+    def process_identifier(self) -> int:
+        """The peer's pid at connect (SO_PEERCRED), 0 before connecting."""
+        return self._creds.pid if self._creds else 0
+
+    @property
+    def effective_user_identifier(self) -> int:
+        """The peer's effective uid at connect, -1 before connecting."""
+        return self._creds.uid if self._creds else -1
+
+    @property
+    def effective_group_identifier(self) -> int:
+        """The peer's effective gid at connect, -1 before connecting."""
+        return self._creds.gid if self._creds else -1
+
+    @staticmethod
+    def current() -> Connection | None:
+        """The connection whose message (or reply) is being handled on this thread, else None
+        (``+[NSXPCConnection currentConnection]``)."""
+        return getattr(_tls, "current", None)
+
+    # ------------------------------------------------------------------ proxies
+
+    @property
+    def remote_object_proxy(self) -> Any:
+        """A proxy without error handling: failures are logged and reply blocks released uncalled."""
+        return RemoteProxy(self, _messages.ROOT_OBJECT, PLAIN)
+
+    def remote_object_proxy_with_error_handler(
+        self, handler: Callable[[Exception], object], timeout: float | None = None
+    ) -> Any:
+        """A proxy whose calls end in exactly one of the reply block or ``handler(error)``.
+
+        Args:
+            handler: called on the connection's queue with the ``XPCError``.
+            timeout: seconds to wait for each reply before ``TimedOut``; None waits
+                until the connection fails.
+        """
+        return RemoteProxy(self, _messages.ROOT_OBJECT, HANDLER, handler, timeout)
+
+    def synchronous_remote_object_proxy_with_error_handler(
+        self, handler: Callable[[Exception], object], timeout: float | None = None
+    ) -> Any:
+        """A proxy whose calls wait for their reply; with the reply block omitted a call
+        returns the reply's value (a tuple for several) and raises the error instead.
+
+        Do not use it from this connection's own queue (Apple: it would deadlock).
+        """
+        return RemoteProxy(self, _messages.ROOT_OBJECT, SYNC, handler, timeout)
+
+    def _method_for(self, target: int, name: str) -> MethodSpec:
+        iface = self._remote_interface
+        if iface is None:
+            raise RuntimeError("set remote_object_interface before calling through a remote object proxy")
+        method = iface.method(name)
+        if method is None:
+            raise AttributeError(f"{iface.protocol.__qualname__} has no method {name!r}")
+        return method
+
+    def _selectors_for(self, target: int) -> frozenset[str]:
+        iface = self._remote_interface
+        return iface.selectors if iface is not None else frozenset()
+
+    # ------------------------------------------------------------------ life cycle
+
+    def resume(self) -> None:
+        """Balance one ``suspend()`` (or the initial suspension): messages flow when none is left.
+
+        Raises:
+            RuntimeError: resumed more times than suspended.
+        """
+        with self._send_lock:
+            running = self._life.resume()
+        if running:
+            self._on_running()
+
+    def activate(self) -> None:
+        """Start an inactive connection; does nothing if it was already activated."""
+        with self._send_lock:
+            running = self._life.activate()
+        if running:
+            self._on_running()
+
+    def suspend(self) -> None:
+        """Stop delivering messages and queue outgoing ones until the matching ``resume()``."""
+        with self._send_lock:
+            self._life.suspend()
+            link = self._link
+        if link is not None and self._epoll is not None and not link.dead:
+            try:
+                self._epoll.modify(link.fd, 0)
+            except OSError:
+                pass
+
+    def _on_running(self) -> None:
+        self._start_queue()
+        link = self._link
+        if link is not None and not link.dead and self._epoll is not None:
+            try:
+                self._epoll.modify(link.fd, _EPOLLIN)
+            except OSError:
+                pass
+        with self._send_lock:
+            self._flush(eager=not self._ever_connected)
+        self._post(self._deliver_buffered)
+
+    def invalidate(self) -> None:
+        """Close the connection for good. Outstanding calls end with ``ConnectionInvalid``;
+        the invalidation handler runs once, after every other callback. Idempotent."""
+        self._invalidate(f"{self._describe} was invalidated from this process")
+
+    def _invalidate(self, reason: str, error: XPCError | None = None) -> None:
+        with self._send_lock:
+            if not self._life.invalidate():
+                return
+            self._invalid_reason = reason
+            link = self._link
+        if link is not None:
+            _shutdown(link.sock)
+        self._start_queue()
+        self._post(lambda: self._teardown(error or ConnectionInvalid(reason)))
+
+    def schedule_send_barrier(self, block: Callable[[], object]) -> None:
+        """Run ``block`` on the connection's queue once every message sent before it has
+        been written (``scheduleSendBarrierBlock:``). On an invalid connection it runs at once."""
+        with self._send_lock:
+            invalid = self._life.invalid
+            if not invalid:
+                if self._outbox:
+                    self._outbox.append(_Outgoing(None, [], [], None, 0, barrier=block))
+                else:
+                    self._start_queue()
+                    self._post(block)
+        if invalid:
+            block()
+
+    # ------------------------------------------------------------------ the serial queue
+
+    def _start_queue(self) -> None:
+        with self._send_lock:
+            if self._thread is not None:
+                return
+            self._wake_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+            self._epoll = select.epoll()
+            self._epoll.register(self._wake_fd, select.EPOLLIN)
+            link = self._link
+            if link is not None and not link.dead:
+                self._epoll.register(link.fd, _EPOLLIN)
+            self._thread = threading.Thread(target=self._run, name=f"nsxpc {self._describe}", daemon=True)
+            self._thread.start()
+
+    def _post(self, fn: Callable[[], object]) -> None:
+        """Run ``fn`` on the connection's queue."""
+        self._queue.append(fn)
+        fd = self._wake_fd
+        if fd >= 0:
+            try:
+                os.eventfd_write(fd, 1)
+            except OSError:
+                pass
+
+    def _run(self) -> None:
+        _tls.queue = self
+        epoll = self._epoll
+        assert epoll is not None
+        wake = self._wake_fd
+        queue = self._queue
+        try:
+            while True:
+                while queue:
+                    self._run_item(queue.popleft())
+                if self._finished:
+                    break
+                timeout = -1.0
+                if self._handshake_deadline is not None:
+                    timeout = max(0.0, self._handshake_deadline - time.monotonic())
+                events = epoll.poll(timeout)
+                if not events and self._handshake_deadline is not None:
+                    self._handshake_expired()
+                for fd, _mask in events:
+                    if fd == wake:
+                        try:
+                            os.eventfd_read(wake)
+                        except BlockingIOError:
+                            pass
+                    else:
+                        self._on_readable()
+        finally:
+            self._epoll = None
+            self._wake_fd = -1
+            epoll.close()
+            os.close(wake)
+            # Anything posted after the last drain (late finalizers) has nothing left to act on.
+            queue.clear()
+
+    def _run_item(self, item: Callable[[], object]) -> None:
+        try:
+            item()
+        except Exception:
+            log.exception("nsxpc: a callback on the queue of %s raised", self._describe)
+
+    def _on_readable(self) -> None:
+        link = self._link
+        if link is None or link.dead:
+            return
+        if not (self._life.running or link.core.phase == "hello"):
+            # Suspended (or accepted but not yet resumed by the delegate): leave the
+            # bytes in the kernel, which pushes back on the peer, until resume().
+            if self._epoll is not None:
+                self._epoll.modify(link.fd, 0)
+            return
+        try:
+            chunk = recv_chunk(link.sock)
+        except ConnectionInvalid as exc:
+            self._invalidate(exc.message)
+            return
+        except OSError as exc:
+            self._lose_link(link, f"the connection failed: {exc.strerror}")
+            return
+        if chunk is None:
+            return
+        data, fds = chunk
+        if not data:
+            for fd in fds:
+                os.close(fd)
+            self._lose_link(link, "the peer closed the connection")
+            return
+        link.core.feed(data, fds)
+        self._deliver(link)
+
+    def _deliver_buffered(self) -> None:
+        link = self._link
+        if link is not None and not link.dead:
+            self._deliver(link)
+
+    def _deliver(self, link: _Link) -> None:
+        core = link.core
+        while link is self._link and not link.dead:
+            if not (self._life.running or core.phase == "hello"):
+                return
+            event = core.next_event()
+            if event is None:
+                return
+            self._handle(link, event)
+
+    def _handle(self, link: _Link, event: object) -> None:  # noqa: C901
+        t = type(event)
+        if t is Resolved:
+            ev_r: Resolved = event  # type: ignore[assignment]
+            self._complete(ev_r.call, ev_r.values, ev_r.error)  # type: ignore[arg-type]
+        elif t is CallReceived:
+            self._invoke_exported(link, event)  # type: ignore[arg-type]
+        elif t is CallRejected:
+            ev_x: CallRejected = event  # type: ignore[assignment]
+            log.warning("nsxpc: dropped a message from %s: %s", self._describe, ev_x.error.message)
+            if ev_x.seq:
+                self._write(link, link.core.failure(ev_x.seq, ev_x.error))
+        elif t is Welcomed:
+            pass
+        elif t is HelloReceived:
+            self._on_hello(link, event)  # type: ignore[arg-type]
+        elif t is Refused:
+            ev_f: Refused = event  # type: ignore[assignment]
+            log.warning("nsxpc: %s refused the connection: %s", self._describe, ev_f.error.message)
+            self._invalidate(f"{self._describe} refused the connection: {ev_f.error.message}")
+        elif t is Violation:
+            ev_v: Violation = event  # type: ignore[assignment]
+            log.error("nsxpc: invalidating %s: %s", self._describe, ev_v.error.message)
+            self._invalidate(f"{self._describe} broke the protocol: {ev_v.error.message}")
+        elif t is Released:
+            pass
+
+    # ------------------------------------------------------------------ listener side
+
+    def _on_hello(self, link: _Link, event: HelloReceived) -> None:
+        self._handshake_deadline = None
+        listener = self._listener
+        assert listener is not None
+        if listener._token and not hmac.compare_digest(event.token, listener._token):
+            self._refuse(link, ConnectionInvalid("the endpoint does not match this listener"))
+            return
+        if not listener._offer(self):
+            self._refuse(link, ConnectionInvalid("the listener's delegate refused the connection"))
+            return
+        self._write(link, link.core.welcome())
+
+    def _refuse(self, link: _Link, error: XPCError) -> None:
+        log.info("nsxpc: refusing %s: %s", self._describe, error.message)
+        self._write(link, link.core.refuse(error))
+        self._invalidate(f"{self._describe} was refused: {error.message}")
+
+    def _handshake_expired(self) -> None:
+        if self._handshake_deadline is not None and time.monotonic() >= self._handshake_deadline:
+            self._handshake_deadline = None
+            log.warning("nsxpc: %s did not complete the handshake in time; closing it", self._describe)
+            self._invalidate(f"{self._describe} did not complete the handshake in time")
+
+    # ------------------------------------------------------------------ sending
+
+    def _write(self, link: _Link, frame: bytes, fds: list[int] | tuple[int, ...] = ()) -> bool:
+        with self._send_lock:
+            if link.dead:
+                return False
+            try:
+                send_frame(link.sock, frame, fds)
+                return True
+            except OSError as exc:
+                reason = f"writing failed: {exc.strerror}"
+        self._post(lambda: self._lose_link(link, reason))
+        return False
+
+    def _call(
+        self,
+        target: int,
+        method: MethodSpec,
+        values: list[Any],
+        reply: Callable[..., object] | None,
+        mode: str,
+        handler: Any,
+        timeout: float | None,
+    ) -> Any:
+        """Send one proxy call; see RemoteProxy for the three modes."""
+        if not method.wants_reply:
+            self._send_call(target, method, values, None)
+            return None
+        if mode != SYNC and reply is None:
+            raise TypeError(f"{method.selector}() needs its reply block {method.reply_name!r}")
+        call = _Call(method, target, reply, handler, mode)
+        if mode == SYNC:
+            if getattr(_tls, "queue", None) is self:
+                raise RuntimeError(
+                    "a synchronous call from the connection's own queue would deadlock: "
+                    "use remote_object_proxy_with_error_handler there"
+                )
+            self._send_call(target, method, values, call)
+            return self._wait(call, timeout, reply is None)
+        if timeout is not None:
+            call.timer = _timers.schedule(timeout, lambda: self._expire_async(call, timeout))
+        self._send_call(target, method, values, call)
+        return None
+
+    def _send_call(self, target: int, method: MethodSpec, values: list[Any], call: _Call | None) -> None:
+        args, fds = encode_arguments(
+            method.args, values, method.selector, "argument", self._limits.max_depth, None
+        )
+        with self._send_lock:
+            if self._life.invalid:
+                if call is not None:
+                    self._fail(call, ConnectionInvalid(self._invalid_message()))
+                return
+            link = self._link
+            if self._life.running and link is not None and not link.dead and not self._outbox:
+                frame = link.core.invoke(method, args, len(fds), call, target)
+                if call is not None:
+                    call.link = link
+                try:
+                    send_frame(link.sock, frame, fds)
+                    return
+                except OSError as exc:
+                    reason = f"writing failed: {exc.strerror}"
+            else:
+                self._outbox.append(_Outgoing(method, args, fds, call, target))
+                if self._life.running:
+                    self._flush(eager=False)
+                return
+        self._post(lambda: self._lose_link(link, reason))  # type: ignore[arg-type]
+
+    def _flush(self, *, eager: bool) -> None:
+        """Connect if needed and write the outbox. Called with ``_send_lock`` held."""
+        if not self._life.running:
+            return
+        link = self._link
+        if link is None or link.dead:
+            if not self._outbox and not eager:
+                return
+            try:
+                link = self._connect()
+            except XPCError as err:
+                self._connect_failed(err)
+                return
+        while self._outbox:
+            item = self._outbox.popleft()
+            if item.barrier is not None:
+                self._post(item.barrier)
+                continue
+            assert item.method is not None
+            frame = link.core.invoke(item.method, item.args, len(item.fds), item.call, item.target)
+            if item.call is not None:
+                item.call.link = link
+            try:
+                send_frame(link.sock, frame, item.fds)
+            except OSError as exc:
+                reason = f"writing failed: {exc.strerror}"
+                lost = link
+                self._post(lambda: self._lose_link(lost, reason))
+                return
+
+    def _connect(self) -> _Link:
+        """Connect to the peer and send HELLO. Called with ``_send_lock`` held.
+
+        Raises:
+            XPCError: nobody listens, or the connection failed.
+        """
+        try:
+            sock = connect_unix(self._path)
+        except OSError as exc:
+            if is_no_listener(exc):
+                raise ConnectionInvalid(f"no listener for {self._describe}") from exc
+            raise ConnectionInvalid(f"cannot connect to {self._describe}: {exc.strerror}") from exc
+        try:
+            creds = peer_credentials(sock)
+            core = ConnectionCore(client=True, exports=self._exports, limits=self._limits)
+            link = _Link(sock, core, creds)
+            send_frame(sock, core.hello(self._token))
+        except OSError as exc:
+            sock.close()
+            raise ConnectionInvalid(f"cannot connect to {self._describe}: {exc.strerror}") from exc
+        self._creds = creds
+        self._link = link
+        self._ever_connected = True
+        if self._epoll is not None:
+            self._epoll.register(link.fd, _EPOLLIN)
+        return link
+
+    def _connect_failed(self, err: XPCError) -> None:
+        """Called with ``_send_lock`` held."""
+        if not self._ever_connected or not self._interruptible:
+            # The first attempt (or an endpoint): the connection can never be formed.
+            log.warning("nsxpc: %s", err.message)
+            self._life_invalidate_later(err.message)
+            return
+        # The service went away earlier and is still not back: fail these messages only.
+        items = list(self._outbox)
+        self._outbox.clear()
+        for item in items:
+            if item.barrier is not None:
+                self._post(item.barrier)
+            elif item.call is not None:
+                self._fail(item.call, ConnectionInterrupted(f"{self._describe} is not available: {err.message}"))
+
+    def _life_invalidate_later(self, reason: str) -> None:
+        if self._life.invalidate():
+            self._invalid_reason = reason
+            self._start_queue()
+            self._post(lambda: self._teardown(ConnectionInvalid(reason)))
+
+    def _invalid_message(self) -> str:
+        return self._invalid_reason or f"{self._describe} is invalid"
+
+    # ------------------------------------------------------------------ ending calls
+
+    def _fail(self, call: _Call, error: XPCError) -> None:
+        """End ``call`` with ``error`` from any thread (on the queue, or waking its waiter)."""
+        if call.waiter is not None:
+            self._complete(call, None, error)
+        else:
+            self._start_queue()
+            self._post(lambda: self._complete(call, None, error))
+
+    def _complete(self, call: _Call, values: list[Any] | None, error: XPCError | None) -> None:
+        """Run the end of a call: exactly once, whatever path got here."""
+        if call.done:
+            return
+        call.done = True
+        if call.timer is not None:
+            call.timer.cancel()
+        if call.waiter is not None:
+            call.outcome = (values, error)
+            call.waiter.release()
+            return
+        previous = getattr(_tls, "current", None)
+        _tls.current = self
+        try:
+            if error is None:
+                assert call.reply is not None and values is not None
+                call.reply(*values)
+            elif call.mode == HANDLER:
+                call.handler(error)
+            else:
+                log.warning(
+                    "nsxpc: %s failed: %s (no error handler: the reply block is released uncalled)",
+                    call.method.selector,
+                    error.message,
+                )
+        except Exception:
+            log.exception("nsxpc: the reply block or error handler of %r raised", call.method.selector)
+        finally:
+            _tls.current = previous
+
+    def _expire(self, call: _Call) -> bool:
+        """Take a call whose deadline passed; False if it is already ending another way."""
+        with self._send_lock:
+            for item in self._outbox:
+                if item.call is call:
+                    self._outbox.remove(item)
+                    return True
+            link = call.link
+            return link is not None and link.core.resolve(call.seq) is call
+
+    def _expire_async(self, call: _Call, timeout: float) -> None:
+        if self._expire(call):
+            self._post(lambda: self._complete(call, None, _timed_out(call, timeout)))
+
+    def _wait(self, call: _Call, timeout: float | None, returns_value: bool) -> Any:
+        waiter = call.waiter
+        assert waiter is not None
+        if not waiter.acquire(timeout=-1 if timeout is None else timeout):
+            if self._expire(call):
+                call.done = True
+                call.outcome = (None, _timed_out(call, timeout))
+            else:
+                waiter.acquire()  # it is ending right now, through another path
+        assert call.outcome is not None
+        values, error = call.outcome
+        if returns_value:
+            if error is not None:
+                raise error
+            assert values is not None
+            if not values:
+                return None
+            return values[0] if len(values) == 1 else tuple(values)
+        previous = getattr(_tls, "current", None)
+        _tls.current = self
+        try:
+            if error is not None:
+                call.handler(error)
+            else:
+                assert call.reply is not None and values is not None
+                call.reply(*values)
+        finally:
+            _tls.current = previous
+        return None
+
+    # ------------------------------------------------------------------ incoming calls
+
+    def _invoke_exported(self, link: _Link, event: CallReceived) -> None:
+        method = event.method
+        fn = getattr(event.obj, method.selector, None)
+        reply = _ReplyBlock(self, link, event.seq, method) if event.seq else None
+        if not callable(fn):
+            error = RemoteError(f"AttributeError: the exported object has no method {method.selector!r}")
+            log.warning("nsxpc: %s", error.message)
+            if reply is not None:
+                reply._fail(error)
+            return
+        previous = getattr(_tls, "current", None)
+        _tls.current = self
+        try:
+            if reply is None:
+                fn(*event.args)
+            else:
+                fn(*event.args, reply)
+        except Exception as exc:
+            log.warning(
+                "nsxpc: exported method %r raised %s: %s", method.selector, type(exc).__name__, exc, exc_info=True
+            )
+            if reply is not None:
+                # The caller learns the exception's type and message, never its traceback.
+                reply._fail(RemoteError(f"{type(exc).__name__}: {exc}"))
+        finally:
+            _tls.current = previous
+
+    # ------------------------------------------------------------------ losing the peer
+
+    def _take_link(self, link: _Link) -> list[PendingCall]:
+        """Mark ``link`` dead and take its pending calls (under the send lock)."""
+        _shutdown(link.sock)
+        with self._send_lock:
+            if link.dead:
+                return []
+            link.dead = True
+            calls = link.core.resolve_all()
+            if self._link is link:
+                self._link = None
+        if self._epoll is not None:
+            try:
+                self._epoll.unregister(link.fd)
+            except (OSError, ValueError):
+                pass
+        for fd in link.core.decoder.take_fds():
+            os.close(fd)
+        link.sock.close()
+        return calls
+
+    def _lose_link(self, link: _Link, reason: str) -> None:
+        """On the queue: the peer went away (EOF, reset, write failure)."""
+        if link.dead or link is not self._link:
+            return
+        calls = self._take_link(link)
+        if self._life.invalid:
+            for call in calls:
+                self._complete(call, None, ConnectionInvalid(self._invalid_message()))  # type: ignore[arg-type]
+            return
+        if not self._interruptible:
+            # Endpoints and the listener's side: peer death invalidates (H1).
+            self._invalidate(f"{self._describe} went away: {reason}")
+            for call in calls:
+                self._complete(call, None, ConnectionInvalid(self._invalid_message()))  # type: ignore[arg-type]
+            return
+        log.info("nsxpc: %s was interrupted: %s", self._describe, reason)
+        for call in calls:
+            self._complete(call, None, ConnectionInterrupted(f"{self._describe} was interrupted: {reason}"))  # type: ignore[arg-type]
+        handler = self._interruption_handler
+        if handler is not None:
+            self._run_handler(handler, "interruption")
+
+    def _run_handler(self, handler: Callable[[], object], what: str) -> None:
+        try:
+            handler()
+        except Exception:
+            log.exception("nsxpc: the %s handler of %s raised", what, self._describe)
+
+    def _teardown(self, error: XPCError) -> None:
+        """On the queue, once: end every call, run barriers, then the invalidation handler."""
+        link = self._link
+        calls = self._take_link(link) if link is not None else []
+        with self._send_lock:
+            items = list(self._outbox)
+            self._outbox.clear()
+        for call in calls:
+            self._complete(call, None, error_for_code(error.code, error.message))  # type: ignore[arg-type]
+        for item in items:
+            if item.call is not None:
+                self._complete(item.call, None, error_for_code(error.code, error.message))
+            elif item.barrier is not None:
+                self._run_handler(item.barrier, "send barrier")
+        # Let queued work (send barriers, late reply failures) run before the last callback.
+        while self._queue:
+            self._run_item(self._queue.popleft())
+        handler = self._invalidation_handler
+        # After invalidation the connection drops its handlers and exported object (L10).
+        self._interruption_handler = None
+        self._invalidation_handler = None
+        self._exported_object = None
+        self._exports.clear()
+        self._finished = True
+        if self._listener is not None:
+            self._listener._forget(self)
+        if handler is not None:
+            self._run_handler(handler, "invalidation")
+
+
+def _timed_out(call: _Call, timeout: float | None) -> TimedOut:
+    return TimedOut(f"no reply to {call.method.selector!r} within {timeout} seconds")
+
+
+def _shutdown(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass

@@ -1,0 +1,121 @@
+"""L1: bytes <-> frames. Sans-I/O: no sockets, no threads, no clocks.
+
+A frame is an 8-byte header followed by a body::
+
+    +----------------+----------------+----------------+---------------------+
+    | length: u32 BE | fd count: u16  | flags: u16 = 0 | body (length bytes) |
+    +----------------+----------------+----------------+---------------------+
+
+The file descriptors of a frame travel as SCM_RIGHTS ancillary data attached
+to the frame's bytes; the kernel hands them to the receiver no later than the
+frame's first byte, so by the time a frame is complete its fds are queued.
+
+Invariants:
+- A header whose length exceeds ``max_frame_size``, whose fd count exceeds
+  ``max_fds``, or whose flags are not zero is rejected *before* any body byte
+  is buffered (a 4 GiB declared length costs nothing).
+- After a :class:`~nsxpc._errors.ProtocolError` the decoder is dead: a byte
+  stream cannot resynchronise, so the connection must be invalidated.
+- Feeding is split-agnostic: the same bytes fed in any chunking yield the
+  same frames (a partial frame stays buffered until complete).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+
+import attrs
+
+from ._errors import ProtocolError
+
+__all__ = ["DEFAULT_MAX_FDS", "DEFAULT_MAX_FRAME_SIZE", "HEADER", "Frame", "FrameDecoder", "encode_frame"]
+
+HEADER = struct.Struct(">IHH")
+#: Default cap on one frame's body. Large ``bytes`` travel through shared memory.
+DEFAULT_MAX_FRAME_SIZE = 4 * 1024 * 1024
+#: Default cap on file descriptors per frame (D-Bus's 16, fdo#82820).
+DEFAULT_MAX_FDS = 16
+
+
+@attrs.frozen
+class Frame:
+    """One complete frame: its msgpack body and the fds that came with it."""
+
+    body: bytes
+    fds: tuple[int, ...] = ()
+
+
+def encode_frame(body: bytes, nfds: int = 0) -> bytes:
+    """Prefix ``body`` with its header. The caller attaches ``nfds`` fds when sending."""
+    return HEADER.pack(len(body), nfds, 0) + body
+
+
+class FrameDecoder:
+    """Splits a byte stream (and the fds received with it) into frames."""
+
+    __slots__ = ("_buf", "_dead", "_fds", "_need", "max_fds", "max_frame_size")
+
+    def __init__(
+        self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, max_fds: int = DEFAULT_MAX_FDS
+    ) -> None:
+        self.max_frame_size = max_frame_size
+        self.max_fds = max_fds
+        self._buf = bytearray()
+        self._fds: deque[int] = deque()
+        self._dead = False
+        # Header of the frame being assembled: (body length, fd count), or None.
+        self._need: tuple[int, int] | None = None
+
+    def feed(self, data: bytes, fds: tuple[int, ...] | list[int] = ()) -> None:
+        """Append received bytes and the fds that arrived with them."""
+        if self._dead:
+            raise ProtocolError("frame decoder used after a framing error")
+        self._buf += data
+        self._fds.extend(fds)
+
+    def take_fds(self) -> list[int]:
+        """Remove and return every fd still queued (to close them at teardown)."""
+        fds = list(self._fds)
+        self._fds.clear()
+        return fds
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet returned as a frame."""
+        return len(self._buf)
+
+    def next_frame(self) -> Frame | None:
+        """Return the next complete frame, or None if more bytes are needed.
+
+        Raises:
+            ProtocolError: the stream is corrupt (oversized frame, too many fds,
+                unknown flags, or fds missing); the decoder is dead afterwards.
+        """
+        if self._need is None:
+            if len(self._buf) < HEADER.size:
+                return None
+            length, nfds, flags = HEADER.unpack_from(self._buf)
+            if flags:
+                self._fail(f"frame header has unknown flags {flags:#06x}")
+            if length > self.max_frame_size:
+                self._fail(f"frame of {length} bytes exceeds the {self.max_frame_size}-byte cap")
+            if nfds > self.max_fds:
+                self._fail(f"frame carries {nfds} file descriptors, more than the cap of {self.max_fds}")
+            del self._buf[: HEADER.size]
+            self._need = (length, nfds)
+        length, nfds = self._need
+        if len(self._buf) < length:
+            return None
+        self._need = None
+        body = bytes(self._buf[:length])
+        del self._buf[:length]
+        if nfds:
+            if len(self._fds) < nfds:
+                self._fail(f"frame announces {nfds} file descriptors but {len(self._fds)} arrived")
+            return Frame(body, tuple(self._fds.popleft() for _ in range(nfds)))
+        return Frame(body)
+
+    def _fail(self, reason: str) -> None:
+        self._dead = True
+        raise ProtocolError(f"corrupt framing: {reason}")

@@ -1,0 +1,424 @@
+"""L3: one connection's protocol core. Sans-I/O: bytes in, events out, bytes to send.
+
+The runtime (L4) feeds received bytes to :meth:`ConnectionCore.receive` and
+writes the frames the ``invoke``/``reply``/``failure`` builders return. The
+core owns everything that decides *meaning*: the handshake, the pending-reply
+table, and the decoding of arguments against the exported interface.
+
+Invariants (the exactly-once contract, NSXPC H9):
+- Every call that expects a reply is registered in ``_pending`` under a fresh
+  sequence number, and leaves it exactly once, through :meth:`resolve` or
+  :meth:`resolve_all`. Every path that ends a call (reply, failure, reply
+  that fails to decode, timeout, interruption, invalidation) goes through
+  them, so a call can never be answered twice, and a reply for a call that
+  already ended (a late reply after a timeout) is discarded.
+- A reply or failure for a sequence number this side never issued is a
+  protocol violation (dbus-broker: only expected replies are allowed).
+- A well-framed INVOKE that names an unknown selector or object, has the
+  wrong arity, or whose arguments fail their allowlist is refused alone
+  (:class:`CallRejected`); the connection stays up. A malformed envelope or
+  corrupt framing is a :class:`Violation`: nothing after it is read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import attrs
+
+from . import _codec, _messages
+from ._coding import DecodeContext, EncodeContext, SlotType, decode_value, encode_value
+from ._errors import DecodingError, EncodingError, ProtocolError, ReplyInvalid, XPCError, error_for_code
+from ._framing import FrameDecoder, encode_frame
+from ._interface import Interface, MethodSpec
+from ._limits import DEFAULT_LIMITS, Limits
+
+__all__ = [
+    "CallReceived",
+    "CallRejected",
+    "ConnectionCore",
+    "Event",
+    "HelloReceived",
+    "PendingCall",
+    "Refused",
+    "Released",
+    "Resolved",
+    "Violation",
+    "Welcomed",
+    "encode_arguments",
+]
+
+
+# Scalars need no conversion either way; the slot check alone decides.
+_FAST = frozenset({type(None), bool, int, float, str, bytes})
+
+
+def encode_arguments(
+    slots: Sequence[SlotType],
+    values: Sequence[object],
+    selector: str,
+    what: str,
+    max_depth: int,
+    export_object: ObjectExporter | None,
+) -> tuple[list[object], list[int]]:
+    """Check and encode the arguments of a call or reply against their slots.
+
+    Returns the wire trees and the fds they carry.
+
+    Raises:
+        EncodingError: a value fails its slot's allowlist or annotation, or cannot be carried.
+    """
+    if len(values) != len(slots):
+        raise EncodingError(f"{selector}: expected {len(slots)} {what}s, got {len(values)}")
+    fds: list[int] = []
+    ctx: EncodeContext | None = None
+    out: list[object] = []
+    for index, (slot, value) in enumerate(zip(slots, values, strict=True)):
+        if not slot.check(value):
+            raise EncodingError(f"{selector} {what} {index}: {slot.explain(value)}")
+        if type(value) in _FAST:
+            out.append(value)
+            continue
+        try:
+            if ctx is None:
+                ctx = EncodeContext(max_depth, fds, export_object)
+            if slot.interface is not None:
+                if export_object is None:
+                    raise EncodingError("objects by proxy need a connection that exports them")
+                out.append(_codec.ExtType(_codec.EXT_PROXY, _codec.pack(export_object(value, slot))))
+            else:
+                out.append(encode_value(value, ctx))
+        except EncodingError as exc:
+            raise EncodingError(f"{selector} {what} {index}: {exc.message}") from None
+    return out, fds
+
+
+class PendingCall:
+    """A call that expects a reply. The runtime subclasses it with its handlers."""
+
+    __slots__ = ("method", "seq", "target")
+
+    def __init__(self, method: MethodSpec, target: int = _messages.ROOT_OBJECT) -> None:
+        self.method = method
+        self.target = target
+        self.seq = 0
+
+
+@attrs.frozen
+class HelloReceived:
+    """Server side: a client opened with a valid handshake."""
+
+    kind: str
+    token: bytes
+    info: dict[str, Any]
+
+
+@attrs.frozen
+class Welcomed:
+    """Client side: the listener accepted the connection."""
+
+    info: dict[str, Any]
+
+
+@attrs.frozen
+class Refused:
+    """Client side: the listener refused the connection (it closes next)."""
+
+    error: XPCError
+
+
+@attrs.frozen
+class CallReceived:
+    """A well-formed call whose arguments passed their slots. ``seq`` 0 means one-way."""
+
+    seq: int
+    target: int
+    obj: object
+    method: MethodSpec
+    args: list[Any]
+
+
+@attrs.frozen
+class CallRejected:
+    """A call that cannot be delivered. If ``seq`` is not 0 the caller must get ``error``."""
+
+    seq: int
+    selector: str
+    error: XPCError
+
+
+@attrs.frozen
+class Resolved:
+    """A pending call ended: with ``values`` (the reply's arguments) or with ``error``."""
+
+    call: PendingCall
+    values: list[Any] | None = None
+    error: XPCError | None = None
+
+
+@attrs.frozen
+class Released:
+    """The peer dropped its proxy to one of our exported objects."""
+
+    target: int
+
+
+@attrs.frozen
+class Violation:
+    """The peer broke the protocol; the connection must be invalidated."""
+
+    error: ProtocolError
+
+
+ProxyImporter = Callable[[int, Any], object]
+ObjectExporter = Callable[[object, Any], int]
+Event = HelloReceived | Welcomed | Refused | CallReceived | CallRejected | Resolved | Released | Violation
+Exports = dict[int, tuple[object, Interface]]
+
+
+class ConnectionCore:
+    """The protocol state of one transport link (one socket, one handshake).
+
+    Args:
+        client: True on the connecting side.
+        exports: the exported-object table, shared with the connection so that an
+            exported object set after resume is seen.
+        limits: resource limits for what the peer sends.
+        kind: the connection flavour announced in HELLO ("nsxpc" for proxies).
+    """
+
+    def __init__(
+        self,
+        *,
+        client: bool,
+        exports: Exports | None = None,
+        limits: Limits = DEFAULT_LIMITS,
+        kind: str = "nsxpc",
+    ) -> None:
+        self.client = client
+        self.kind = kind
+        self.limits = limits
+        self.exports: Exports = exports if exports is not None else {}
+        self.decoder = FrameDecoder(limits.max_frame_size, limits.max_fds)
+        #: "hello" (server waits for HELLO), "welcome" (client waits), "open", or "closed".
+        self.phase = "welcome" if client else "hello"
+        self._pending: dict[int, PendingCall] = {}
+        self._last_seq = 0
+        self.import_proxy: ProxyImporter | None = None
+        self.export_object: ObjectExporter | None = None
+
+    # ------------------------------------------------------------------ handshake
+
+    def hello(self, token: bytes = b"", info: dict[str, Any] | None = None) -> bytes:
+        """The client's first frame."""
+        msg = [_messages.HELLO, _messages.MAGIC, _messages.VERSION, self.kind, token, info or {}]
+        return encode_frame(_codec.pack(msg))
+
+    def welcome(self, info: dict[str, Any] | None = None) -> bytes:
+        """The server's acceptance."""
+        self.phase = "open"
+        return encode_frame(_codec.pack([_messages.WELCOME, _messages.MAGIC, _messages.VERSION, info or {}]))
+
+    def refuse(self, error: XPCError) -> bytes:
+        """The server's refusal; the connection closes after it."""
+        self.phase = "closed"
+        return encode_frame(_codec.pack([_messages.REFUSE, int(error.code), error.message]))
+
+    # ------------------------------------------------------------------ outgoing
+
+    def invoke(self, method: MethodSpec, args: list[object], nfds: int, call: PendingCall | None, target: int) -> bytes:
+        """Frame a call whose arguments :func:`encode_arguments` already encoded, and
+        register ``call`` (if a reply is expected) under a new sequence number."""
+        seq = 0
+        if call is not None:
+            self._last_seq += 1
+            seq = call.seq = self._last_seq
+        frame = encode_frame(_codec.pack([_messages.INVOKE, seq, target, method.selector, args]), nfds)
+        if call is not None:
+            self._pending[seq] = call
+        return frame
+
+    def reply(self, seq: int, method: MethodSpec, values: Sequence[object]) -> tuple[bytes, list[int]]:
+        """Encode the reply to call ``seq``.
+
+        Raises:
+            EncodingError: a reply argument fails its slot.
+        """
+        assert method.reply is not None
+        args, fds = encode_arguments(
+            method.reply, values, method.selector, "reply argument", self.limits.max_depth, self.export_object
+        )
+        return encode_frame(_codec.pack([_messages.REPLY, seq, args]), len(fds)), fds
+
+    def failure(self, seq: int, error: XPCError) -> bytes:
+        """Encode the error answer to call ``seq``."""
+        return encode_frame(_codec.pack([_messages.FAILURE, seq, int(error.code), error.message]))
+
+    def release(self, target: int) -> bytes:
+        return encode_frame(_codec.pack([_messages.RELEASE, target]))
+
+    # ------------------------------------------------------------------ pending calls
+
+    def resolve(self, seq: int) -> PendingCall | None:
+        """Take call ``seq`` out of the pending table: the one place a call ends."""
+        return self._pending.pop(seq, None)
+
+    def resolve_all(self) -> list[PendingCall]:
+        """Take every pending call out, in the order they were made."""
+        calls = [self._pending[s] for s in sorted(self._pending)]
+        self._pending.clear()
+        return calls
+
+    @property
+    def pending_count(self) -> int:
+        return len(self._pending)
+
+    # ------------------------------------------------------------------ incoming
+
+    def feed(self, data: bytes, fds: Sequence[int] = ()) -> None:
+        """Buffer received bytes and the fds that came with them."""
+        if self.phase != "closed":
+            self.decoder.feed(data, tuple(fds))
+
+    def next_event(self) -> Event | None:
+        """Decode the next complete frame into an event, or None if more bytes are needed.
+
+        Frames are decoded one at a time, when asked for: a frame is decoded
+        against the exported interface as it is *then* (so a listener's delegate
+        that sets the interface while handling HELLO governs the frames after it).
+        After a :class:`Violation` the core is closed and returns None.
+        """
+        while self.phase != "closed":
+            try:
+                frame = self.decoder.next_frame()
+                if frame is None:
+                    return None
+                event = self._on_frame(frame.body, frame.fds)
+            except ProtocolError as exc:
+                self.phase = "closed"
+                return Violation(exc)
+            if event is not None:
+                return event
+        return None
+
+    def receive(self, data: bytes, fds: Sequence[int] = ()) -> list[Event]:
+        """Feed bytes and return every event they complete (for tests and simple drivers)."""
+        self.feed(data, fds)
+        events: list[Event] = []
+        while (event := self.next_event()) is not None:
+            events.append(event)
+        return events
+
+    def _unpack(self, body: bytes) -> Any:
+        return _codec.unpack(body, self.limits.max_nodes, self.limits.max_nodes)
+
+    def _on_frame(self, body: bytes, fds: tuple[int, ...]) -> Event | None:  # noqa: C901
+        msg = self._unpack(body)
+        if self.phase == "hello":
+            _messages.check_hello_version(msg)
+            _, _, _, kind, token, info = _messages.check_envelope(msg)
+            if kind != self.kind:
+                raise ProtocolError(
+                    f"peer opened a {kind!r} connection, but this listener serves {self.kind!r} connections"
+                )
+            self.phase = "open"
+            return HelloReceived(kind, token, info)
+        kind_ = msg[0] if type(msg) is list and msg else None
+        if self.phase == "welcome":
+            if kind_ == _messages.REFUSE:
+                _, code, reason = _messages.check_envelope(msg)
+                self.phase = "closed"
+                return Refused(error_for_code(code, reason))
+            if kind_ == _messages.WELCOME:
+                if type(msg) is list and len(msg) >= 3 and msg[2] != _messages.VERSION:
+                    raise ProtocolError(
+                        f"protocol version mismatch: listener speaks nsxpc wire version {msg[2]!r}, "
+                        f"this side speaks version {_messages.VERSION}"
+                    )
+                _, _, _, info = _messages.check_envelope(msg)
+                self.phase = "open"
+                return Welcomed(info)
+            raise ProtocolError("listener did not answer the handshake")
+        msg = _messages.check_envelope(msg)
+        if kind_ == _messages.INVOKE:
+            return self._on_invoke(msg, fds)
+        if kind_ == _messages.REPLY or kind_ == _messages.FAILURE:
+            return self._on_answer(msg, fds)
+        if kind_ == _messages.RELEASE:
+            return Released(msg[1])
+        raise ProtocolError(f"unexpected message kind {kind_} after the handshake")
+
+    def _on_invoke(self, msg: list[Any], fds: tuple[int, ...]) -> Event:
+        _, seq, target, selector, raw_args = msg
+        if seq < 0:
+            raise ProtocolError("negative sequence number")
+        entry = self.exports.get(target)
+        if entry is None:
+            what = "no exported object to receive the message" if target == _messages.ROOT_OBJECT \
+                else f"no exported object with id {target}"  # fmt: skip
+            return CallRejected(seq, selector, DecodingError(f"{selector}: {what}"))
+        obj, iface = entry
+        method = iface.method(selector)
+        if method is None:
+            return CallRejected(seq, selector, DecodingError(
+                f"selector {selector!r} is not in protocol {iface.protocol.__qualname__}"))  # fmt: skip
+        if method.wants_reply != (seq != 0):
+            want = "expects a reply" if method.wants_reply else "is one-way"
+            return CallRejected(seq, selector, DecodingError(
+                f"{selector}: incompatible reply block signature (the method {want})"))  # fmt: skip
+        try:
+            args = self._decode(method.args, raw_args, fds, selector, "argument")
+        except DecodingError as exc:
+            return CallRejected(seq, selector, exc)
+        return CallReceived(seq, target, obj, method, args)
+
+    def _on_answer(self, msg: list[Any], fds: tuple[int, ...]) -> Event | None:
+        seq = msg[1]
+        if seq <= 0 or seq > self._last_seq:
+            raise ProtocolError(f"answer to call {seq}, which was never made")
+        call = self.resolve(seq)
+        if call is None:
+            return None  # a late answer to a call that already ended (timeout): discarded
+        if msg[0] == _messages.FAILURE:
+            return Resolved(call, error=error_for_code(msg[2], msg[3]))
+        assert call.method.reply is not None
+        try:
+            values = self._decode(call.method.reply, msg[2], fds, call.method.selector, "reply argument")
+        except DecodingError as exc:
+            return Resolved(call, error=ReplyInvalid(f"reply to {call.method.selector!r} could not be decoded: {exc.message}"))
+        return Resolved(call, values=values)
+
+    def _decode(
+        self, slots: Sequence[SlotType], raw: list[Any], fds: tuple[int, ...], selector: str, what: str
+    ) -> list[Any]:
+        if len(raw) != len(slots):
+            raise DecodingError(f"{selector}: expected {len(slots)} {what}s, got {len(raw)}")
+        ctx: DecodeContext | None = None
+        out: list[Any] = []
+        for index, (slot, value) in enumerate(zip(slots, raw, strict=True)):
+            try:
+                if type(value) not in _FAST:
+                    if ctx is None:
+                        limits = self.limits
+                        ctx = DecodeContext(fds, limits.max_depth, limits.max_nodes, limits.max_nodes, self.import_proxy)
+                    value = self._decode_one(slot, value, ctx)
+                if not slot.check(value):
+                    raise DecodingError(str(slot.explain(value)))
+            except DecodingError as exc:
+                raise DecodingError(f"{selector} {what} {index}: {exc.message}") from None
+            out.append(value)
+        return out
+
+    @staticmethod
+    def _decode_one(slot: SlotType, value: object, ctx: DecodeContext) -> object:
+        if slot.interface is not None and type(value) is _codec.Ext and value.code == _codec.EXT_PROXY:
+            if ctx.import_proxy is None:
+                raise DecodingError("objects by proxy are not supported on this connection")
+            ident = ctx.unpack(value.data)
+            if type(ident) is not int:
+                raise DecodingError("malformed proxy reference")
+            return ctx.import_proxy(ident, slot)
+        return decode_value(value, slot.allowed, ctx)
+
+

@@ -1,0 +1,215 @@
+"""L4: Unix-socket I/O: the runtime directory, connecting, sending and receiving
+frames with their fds, and the kernel's word on who the peer is.
+
+Security notes (research/reliability.md section 2):
+- Sockets are pathname sockets in a 0700 folder owned by us, never abstract
+  sockets (which have no permissions: CVE-2022-42919).
+- Peer identity is read from the kernel once, at connect or accept
+  (SO_PEERCRED, and SO_PEERPIDFD where the kernel has it), never looked up
+  later by PID.
+"""
+
+from __future__ import annotations
+
+import array
+import errno
+import os
+import socket
+import stat
+import struct
+
+import attrs
+
+from ._errors import ConnectionInvalid, XPCError
+
+__all__ = [
+    "PeerCredentials",
+    "connect_unix",
+    "peer_credentials",
+    "recv_chunk",
+    "runtime_dir",
+    "send_frame",
+    "service_socket_path",
+]
+
+#: Linux's SO_PEERPIDFD (6.5+); Python 3.11 lacks the constant.
+SO_PEERPIDFD = getattr(socket, "SO_PEERPIDFD", 77)
+_UCRED = struct.Struct("3i")
+_MAX_SUN_PATH = 107
+RECV_SIZE = 256 * 1024
+
+
+@attrs.frozen
+class PeerCredentials:
+    """Who the peer is, as the kernel saw it when the connection was made.
+
+    Attributes:
+        pid: the peer's process id at connect (for a listener's side: whoever called listen()).
+        uid: effective user id at connect.
+        gid: effective group id at connect.
+        executable: ``/proc/<pid>/exe`` read while the peer was provably alive
+            (bracketed by its pidfd), or None if it could not be read soundly.
+    """
+
+    pid: int
+    uid: int
+    gid: int
+    executable: str | None = None
+
+
+def runtime_dir() -> str:
+    """The folder for nsxpc sockets, created 0700 if missing.
+
+    ``$NSXPC_RUNTIME_DIR`` if set, else ``$XDG_RUNTIME_DIR/nsxpc``, else
+    ``/tmp/nsxpc-<uid>``. Read on every call: the environment is consulted when
+    a connection or listener is made, not at import.
+
+    Raises:
+        XPCError: the folder exists but is not ours, not a folder, or open to others.
+    """
+    path = os.environ.get("NSXPC_RUNTIME_DIR")
+    if not path:
+        xdg = os.environ.get("XDG_RUNTIME_DIR")
+        path = os.path.join(xdg, "nsxpc") if xdg else f"/tmp/nsxpc-{os.getuid()}"
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        st = os.lstat(path)
+    except OSError as exc:
+        raise XPCError(f"cannot create the nsxpc runtime directory {path}: {exc.strerror}") from exc
+    if not stat.S_ISDIR(st.st_mode):
+        raise XPCError(f"nsxpc runtime directory {path} is not a directory")
+    if st.st_uid != os.getuid():
+        raise XPCError(f"nsxpc runtime directory {path} belongs to uid {st.st_uid}, not to us")
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        os.chmod(path, 0o700)
+    return path
+
+
+def check_service_name(name: str) -> None:
+    """Raises ValueError unless ``name`` can name a socket file."""
+    if not isinstance(name, str) or not name or name.startswith(".") or "/" in name or "\0" in name:
+        raise ValueError(f"invalid service name {name!r}: use a reverse-DNS name such as com.example.kitchen")
+
+
+def service_socket_path(name: str) -> str:
+    """``<runtime dir>/<name>.sock``.
+
+    Raises:
+        ValueError: the name is invalid or the path is longer than a Unix socket allows.
+    """
+    check_service_name(name)
+    path = os.path.join(runtime_dir(), f"{name}.sock")
+    check_socket_path(path)
+    return path
+
+
+def check_socket_path(path: str) -> None:
+    if len(os.fsencode(path)) > _MAX_SUN_PATH:
+        raise ValueError(
+            f"socket path {path!r} is longer than the {_MAX_SUN_PATH} bytes a Unix socket allows: "
+            "set NSXPC_RUNTIME_DIR to a shorter folder"
+        )
+
+
+def connect_unix(path: str) -> socket.socket:
+    """Connect a blocking, close-on-exec stream socket to ``path``.
+
+    Raises:
+        OSError: nobody listens there (ENOENT, ECONNREFUSED) or another failure.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.connect(path)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def peer_credentials(sock: socket.socket) -> PeerCredentials:
+    """Read the peer's identity from the kernel (SO_PEERCRED, SO_PEERPIDFD).
+
+    The executable path is read only while the peer's pidfd shows it alive
+    before and after the read, so a recycled PID cannot lend its executable.
+    """
+    pid, uid, gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+    executable: str | None = None
+    pidfd = -1
+    try:
+        pidfd = int.from_bytes(sock.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD, 4), "little", signed=True)
+    except OSError:
+        pidfd = -1
+    try:
+        if pidfd >= 0 and not _exited(pidfd):
+            try:
+                exe = os.readlink(f"/proc/{pid}/exe")
+            except OSError:
+                exe = None
+            if exe is not None and not _exited(pidfd):
+                executable = exe
+    finally:
+        if pidfd >= 0:
+            os.close(pidfd)
+    return PeerCredentials(pid=pid, uid=uid, gid=gid, executable=executable)
+
+
+def _exited(pidfd: int) -> bool:
+    import select
+
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+_SCM = socket.SCM_RIGHTS
+_SEND_FLAGS = socket.MSG_NOSIGNAL
+
+
+def send_frame(sock: socket.socket, frame: bytes, fds: list[int] | tuple[int, ...] = ()) -> None:
+    """Write one whole frame (blocking), attaching ``fds`` to its first byte.
+
+    Raises:
+        OSError: the peer is gone (EPIPE, ECONNRESET) or another failure.
+    """
+    if fds:
+        sent = sock.sendmsg([frame], [(socket.SOL_SOCKET, _SCM, array.array("i", fds).tobytes())], _SEND_FLAGS)
+        if sent < len(frame):
+            sock.sendall(memoryview(frame)[sent:], _SEND_FLAGS)
+    else:
+        sock.sendall(frame, _SEND_FLAGS)
+
+
+_ANC_SPACE = socket.CMSG_SPACE(253 * 4)
+_RECV_FLAGS = socket.MSG_DONTWAIT | getattr(socket, "MSG_CMSG_CLOEXEC", 0)
+
+
+def recv_chunk(sock: socket.socket) -> tuple[bytes, list[int]] | None:
+    """Read what is available without blocking.
+
+    Returns (bytes, fds); ``(b"", [])`` at end of stream; None if nothing is ready.
+
+    Raises:
+        OSError: the connection failed (ECONNRESET...).
+        ConnectionInvalid: the kernel truncated the fds (more than the process may hold).
+    """
+    try:
+        data, ancdata, flags, _ = sock.recvmsg(RECV_SIZE, _ANC_SPACE, _RECV_FLAGS)
+    except BlockingIOError:
+        return None
+    except InterruptedError:
+        return None
+    fds: list[int] = []
+    for level, kind, payload in ancdata:
+        if level == socket.SOL_SOCKET and kind == _SCM:
+            usable = len(payload) - len(payload) % 4
+            fds.extend(array.array("i", payload[:usable]))
+    if flags & socket.MSG_CTRUNC:
+        for fd in fds:
+            os.close(fd)
+        raise ConnectionInvalid("file descriptors were truncated in transit (MSG_CTRUNC)")
+    return data, fds
+
+
+def is_no_listener(exc: OSError) -> bool:
+    """True for the errors that mean nothing listens at the path."""
+    return exc.errno in (errno.ENOENT, errno.ECONNREFUSED, errno.ENOTSOCK)
