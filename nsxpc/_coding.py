@@ -442,7 +442,7 @@ class Coder:
     :class:`DecodingError` before anything of that class is built.
     """
 
-    __slots__ = ("_depth", "_enc", "_dec", "_fields")
+    __slots__ = ("_dec", "_depth", "_enc", "_fields")
 
     def __init__(self) -> None:
         raise TypeError("nsxpc.Coder instances are made by nsxpc while encoding or decoding")
@@ -539,12 +539,8 @@ class Coder:
         if (keys | values) & _COLLECTIONS:
             raise TypeError("decode_dictionary_with_keys_of_classes supports non-nested collections only")
         value = self._decode(key, _allowed(keys | values | {dict}))
-        if type(value) is not dict or not all(
-            type(k) in keys and type(v) in values for k, v in value.items()
-        ):
-            raise DecodingError(
-                f"value for key {key!r} is not a dict of {_names(keys)} to {_names(values)}"
-            )
+        if type(value) is not dict or not all(type(k) in keys and type(v) in values for k, v in value.items()):
+            raise DecodingError(f"value for key {key!r} is not a dict of {_names(keys)} to {_names(values)}")
         return value
 
     def decode_slot(self, slot: SlotType, key: str) -> Any:
@@ -581,7 +577,7 @@ class SlotType:
     ``explain(value)`` returns why a value fails, or None.
     """
 
-    __slots__ = ("allowed", "annotation", "check", "classes", "interface", "_walk", "_ann_check")
+    __slots__ = ("_ann_check", "_walk", "allowed", "annotation", "check", "classes", "interface")
 
     def __init__(
         self,
@@ -700,7 +696,7 @@ def _always(v: object) -> bool:
     return True
 
 
-def _compile(ann: object, where: str) -> Compiled:  # noqa: C901
+def _compile(ann: object, where: str) -> Compiled:
     """Compile an annotation: (allowlist, check, whether the allowlist must be walked).
 
     ``Any`` and bare containers admit plain values anywhere inside: their check
@@ -726,9 +722,7 @@ def _compile(ann: object, where: str) -> Compiled:  # noqa: C901
         cls: type = ann  # type: ignore[assignment]
         return frozenset({cls}), lambda v: type(v) is cls, False
     if isinstance(ann, type) and attrs.has(ann):
-        raise InterfaceError(
-            f"{where}: {ann.__qualname__} is an attrs class without @nsxpc.secure_coding"
-        )
+        raise InterfaceError(f"{where}: {ann.__qualname__} is an attrs class without @nsxpc.secure_coding")
     if _is_protocol(ann):
         raise InterfaceError(f"{where}: an object by proxy may only be a whole argument, not nested")
     origin = typing.get_origin(ann)
@@ -750,9 +744,17 @@ def _compile(ann: object, where: str) -> Compiled:  # noqa: C901
     if origin in (list, set, frozenset) or (origin is tuple and len(args) == 2 and args[1] is Ellipsis):
         container: type = origin  # type: ignore[assignment]
         member_classes, member, walk = _compile(args[0] if args else Any, where)
-        return frozenset({container}) | member_classes, lambda v: type(v) is container and all(
-            member(e) for e in v  # type: ignore[attr-defined]
-        ), walk
+        return (
+            frozenset({container}) | member_classes,
+            lambda v: (
+                type(v) is container
+                and all(
+                    member(e)
+                    for e in v  # type: ignore[attr-defined]
+                )
+            ),
+            walk,
+        )
     if origin is tuple:
         if args == ((),):
             args = ()
@@ -760,15 +762,31 @@ def _compile(ann: object, where: str) -> Compiled:  # noqa: C901
         tchecks = [c for _, c, _ in parts]
         n = len(tchecks)
         classes = frozenset({tuple}).union(*(c for c, _, _ in parts))
-        return classes, lambda v: type(v) is tuple and len(v) == n and all(  # type: ignore[arg-type]
-            c(e) for c, e in zip(tchecks, v, strict=True)  # type: ignore[call-overload]
-        ), any(w for _, _, w in parts)
+        return (
+            classes,
+            lambda v: (
+                type(v) is tuple
+                and len(v) == n
+                and all(  # type: ignore[arg-type]
+                    c(e)
+                    for c, e in zip(tchecks, v, strict=True)  # type: ignore[call-overload]
+                )
+            ),
+            any(w for _, _, w in parts),
+        )
     if origin is dict:
         (kc, kcheck, kw), (vc, vcheck, vw) = (_compile(a, where) for a in (args or (Any, Any)))
-        return frozenset({dict}) | kc | vc, lambda v: type(v) is dict and all(
-            kcheck(k) and vcheck(x)
-            for k, x in v.items()  # type: ignore[attr-defined]
-        ), kw or vw
+        return (
+            frozenset({dict}) | kc | vc,
+            lambda v: (
+                type(v) is dict
+                and all(
+                    kcheck(k) and vcheck(x)
+                    for k, x in v.items()  # type: ignore[attr-defined]
+                )
+            ),
+            kw or vw,
+        )
     if origin in _ABC_ORIGINS:
         concrete = _ABC_ORIGINS[origin]
         parts = [_compile(a, where) for a in args] or [(PLAIN_TYPES, _always, True)]
@@ -776,10 +794,17 @@ def _compile(ann: object, where: str) -> Compiled:  # noqa: C901
         walk = any(w for _, _, w in parts)
         if concrete[0] is dict:
             kcheck, vcheck = parts[0][1], parts[-1][1]
-            return classes, lambda v: type(v) is dict and all(
-                kcheck(k) and vcheck(x)
-                for k, x in v.items()  # type: ignore[attr-defined]
-            ), walk
+            return (
+                classes,
+                lambda v: (
+                    type(v) is dict
+                    and all(
+                        kcheck(k) and vcheck(x)
+                        for k, x in v.items()  # type: ignore[attr-defined]
+                    )
+                ),
+                walk,
+            )
         mcheck = parts[0][1]
         return classes, lambda v: type(v) in concrete and all(mcheck(e) for e in v), walk  # type: ignore[attr-defined]
     if typing.is_typeddict(ann) or (origin is None and not isinstance(ann, type) and ann is not None):
@@ -807,9 +832,7 @@ def _typeguard_slot(ann: object, where: str) -> Compiled:
         import typeguard
 
         try:
-            typeguard.check_type(
-                v, ann, collection_check_strategy=typeguard.CollectionCheckStrategy.ALL_ITEMS
-            )
+            typeguard.check_type(v, ann, collection_check_strategy=typeguard.CollectionCheckStrategy.ALL_ITEMS)
         except typeguard.TypeCheckError:
             return False
         return True

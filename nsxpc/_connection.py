@@ -19,6 +19,7 @@ Locks:
 from __future__ import annotations
 
 import collections
+import functools
 import hmac
 import logging
 import os
@@ -139,7 +140,7 @@ class _ReplyBlock:
     """The ``reply`` callable an exported method receives. Call it at most once;
     if it is garbage-collected uncalled, the caller gets ``ReplyInvalid``."""
 
-    __slots__ = ("_conn", "_link", "_method", "_seq", "_used", "__weakref__")
+    __slots__ = ("__weakref__", "_conn", "_link", "_method", "_seq", "_used")
 
     def __init__(self, conn: Connection, link: _Link, seq: int, method: MethodSpec) -> None:
         self._conn = conn
@@ -216,7 +217,9 @@ class Connection:
         if len(named) != 1:
             raise TypeError("Connection needs exactly one of mach_service_name=, service_name=, listener_endpoint=")
         if listener_endpoint is not None and not isinstance(listener_endpoint, ListenerEndpoint):
-            raise TypeError(f"listener_endpoint must be an nsxpc.ListenerEndpoint, not {type(listener_endpoint).__name__}")
+            raise TypeError(
+                f"listener_endpoint must be an nsxpc.ListenerEndpoint, not {type(listener_endpoint).__name__}"
+            )
         if loop is not None:
             raise NotImplementedError("Connection(loop=...) is not available yet")
         self._init_common(limits)
@@ -598,7 +601,7 @@ class Connection:
                 return
             self._handle(link, event)
 
-    def _handle(self, link: _Link, event: object) -> None:  # noqa: C901
+    def _handle(self, link: _Link, event: object) -> None:
         t = type(event)
         if t is Resolved:
             ev_r: Resolved = event  # type: ignore[assignment]
@@ -695,9 +698,7 @@ class Connection:
         return None
 
     def _send_call(self, target: int, method: MethodSpec, values: list[Any], call: _Call | None) -> None:
-        args, fds = encode_arguments(
-            method.args, values, method.selector, "argument", self._limits.max_depth, None
-        )
+        args, fds = encode_arguments(method.args, values, method.selector, "argument", self._limits.max_depth, None)
         with self._send_lock:
             if self._life.invalid:
                 if call is not None:
@@ -745,9 +746,7 @@ class Connection:
             try:
                 send_frame(link.sock, frame, item.fds)
             except OSError as exc:
-                reason = f"writing failed: {exc.strerror}"
-                lost = link
-                self._post(lambda: self._lose_link(lost, reason))
+                self._post(functools.partial(self._lose_link, link, f"writing failed: {exc.strerror}"))
                 return
 
     def _connect(self) -> _Link:

@@ -56,9 +56,7 @@ class FrameDecoder:
 
     __slots__ = ("_buf", "_dead", "_fds", "_need", "max_fds", "max_frame_size")
 
-    def __init__(
-        self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, max_fds: int = DEFAULT_MAX_FDS
-    ) -> None:
+    def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, max_fds: int = DEFAULT_MAX_FDS) -> None:
         self.max_frame_size = max_frame_size
         self.max_fds = max_fds
         self._buf = bytearray()

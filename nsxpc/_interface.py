@@ -102,9 +102,7 @@ def _protocol_members(cls: type) -> dict[str, Any]:
             continue
         for name in getattr(base, "__annotations__", {}):
             if not name.startswith("_"):
-                raise InterfaceError(
-                    f"{base.__qualname__}.{name}: protocols carry methods only, not attributes"
-                )
+                raise InterfaceError(f"{base.__qualname__}.{name}: protocols carry methods only, not attributes")
         for name, member in vars(base).items():
             if name.startswith("_"):
                 continue
@@ -124,7 +122,7 @@ def _compile_protocol(cls: type) -> dict[str, MethodSpec]:
     return methods
 
 
-def _compile_method(func: Any, where: str) -> MethodSpec:  # noqa: C901
+def _compile_method(func: Any, where: str) -> MethodSpec:
     if inspect.iscoroutinefunction(func):
         raise InterfaceError(f"{where}: declare protocol methods with def, not async def")
     hints = typing.get_type_hints(func, include_extras=True)
@@ -141,7 +139,9 @@ def _compile_method(func: Any, where: str) -> MethodSpec:  # noqa: C901
     reply: tuple[SlotType, ...] | None = None
     for index, param in enumerate(params):
         if param.kind not in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD):
-            raise InterfaceError(f"{where}: parameter {param.name!r} must be positional (no *args, **kwargs or keyword-only)")
+            raise InterfaceError(
+                f"{where}: parameter {param.name!r} must be positional (no *args, **kwargs or keyword-only)"
+            )
         if param.name not in hints:
             raise InterfaceError(f"{where}: parameter {param.name!r} has no annotation")
         ann = hints[param.name]
@@ -171,9 +171,7 @@ def _compile_reply(ann: object, where: str) -> tuple[SlotType, ...]:
 
 
 def _codable_class(cls: object) -> bool:
-    return isinstance(cls, type) and (
-        cls in PLAIN_TYPES or is_secure_coding(cls) or issubclass(cls, XPCError)
-    )
+    return isinstance(cls, type) and (cls in PLAIN_TYPES or is_secure_coding(cls) or issubclass(cls, XPCError))
 
 
 class Interface:
@@ -241,15 +239,13 @@ class Interface:
         spec = self._methods[selector]
         if of_reply:
             assert spec.reply is not None
-            reply = spec.reply[:argument_index] + (slot,) + spec.reply[argument_index + 1 :]
+            reply = (*spec.reply[:argument_index], slot, *spec.reply[argument_index + 1 :])
             self._methods[selector] = attrs.evolve(spec, reply=reply)
         else:
-            args = spec.args[:argument_index] + (slot,) + spec.args[argument_index + 1 :]
+            args = (*spec.args[:argument_index], slot, *spec.args[argument_index + 1 :])
             self._methods[selector] = attrs.evolve(spec, args=args)
 
-    def set_classes(
-        self, classes: Iterable[type], selector: str, argument_index: int, of_reply: bool = False
-    ) -> None:
+    def set_classes(self, classes: Iterable[type], selector: str, argument_index: int, of_reply: bool = False) -> None:
         """Replace the allowlist of one slot (``setClasses:forSelector:argumentIndex:ofReply:``).
 
         The argument, and every member of any collection inside it, must be
@@ -280,9 +276,7 @@ class Interface:
         """
         return self._slot(selector, argument_index, of_reply)[1].classes
 
-    def set_interface(
-        self, interface: Interface, selector: str, argument_index: int, of_reply: bool = False
-    ) -> None:
+    def set_interface(self, interface: Interface, selector: str, argument_index: int, of_reply: bool = False) -> None:
         """Make one slot carry an object by proxy with ``interface``
         (``setInterface:forSelector:argumentIndex:ofReply:``).
 

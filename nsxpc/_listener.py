@@ -52,7 +52,9 @@ class Listener:
         ValueError: the name is invalid or too long for a socket path.
     """
 
-    def __init__(self, *, mach_service_name: str | None = None, loop: Any = None, limits: Limits = DEFAULT_LIMITS) -> None:
+    def __init__(
+        self, *, mach_service_name: str | None = None, loop: Any = None, limits: Limits = DEFAULT_LIMITS
+    ) -> None:
         if mach_service_name is None:
             raise TypeError("use Listener.anonymous() or Listener(mach_service_name=...)")
         if loop is not None:
@@ -132,7 +134,9 @@ class Listener:
                     self._life.invalidate()
                     raise
             if running and self._thread is None:
-                self._thread = threading.Thread(target=self._accept_loop, name=f"nsxpc listener {self._path}", daemon=True)
+                self._thread = threading.Thread(
+                    target=self._accept_loop, name=f"nsxpc listener {self._path}", daemon=True
+                )
                 self._thread.start()
             self._cond.notify_all()
 

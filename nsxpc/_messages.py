@@ -75,6 +75,5 @@ def check_hello_version(msg: Any) -> None:
         raise ProtocolError("peer did not open with an nsxpc handshake")
     if msg[2] != VERSION:
         raise ProtocolError(
-            f"protocol version mismatch: peer speaks nsxpc wire version {msg[2]!r}, "
-            f"this side speaks version {VERSION}"
+            f"protocol version mismatch: peer speaks nsxpc wire version {msg[2]!r}, this side speaks version {VERSION}"
         )

@@ -313,7 +313,7 @@ class ConnectionCore:
     def _unpack(self, body: bytes) -> Any:
         return _codec.unpack(body, self.limits.max_nodes, self.limits.max_nodes)
 
-    def _on_frame(self, body: bytes, fds: tuple[int, ...]) -> Event | None:  # noqa: C901
+    def _on_frame(self, body: bytes, fds: tuple[int, ...]) -> Event | None:
         msg = self._unpack(body)
         if self.phase == "hello":
             _messages.check_hello_version(msg)
@@ -386,7 +386,9 @@ class ConnectionCore:
         try:
             values = self._decode(call.method.reply, msg[2], fds, call.method.selector, "reply argument")
         except DecodingError as exc:
-            return Resolved(call, error=ReplyInvalid(f"reply to {call.method.selector!r} could not be decoded: {exc.message}"))
+            return Resolved(
+                call, error=ReplyInvalid(f"reply to {call.method.selector!r} could not be decoded: {exc.message}")
+            )
         return Resolved(call, values=values)
 
     def _decode(
@@ -401,7 +403,9 @@ class ConnectionCore:
                 if type(value) not in _FAST:
                     if ctx is None:
                         limits = self.limits
-                        ctx = DecodeContext(fds, limits.max_depth, limits.max_nodes, limits.max_nodes, self.import_proxy)
+                        ctx = DecodeContext(
+                            fds, limits.max_depth, limits.max_nodes, limits.max_nodes, self.import_proxy
+                        )
                     value = self._decode_one(slot, value, ctx)
                 if not slot.check(value):
                     raise DecodingError(str(slot.explain(value)))
@@ -420,5 +424,3 @@ class ConnectionCore:
                 raise DecodingError("malformed proxy reference")
             return ctx.import_proxy(ident, slot)
         return decode_value(value, slot.allowed, ctx)
-
-

@@ -78,7 +78,7 @@ class RemoteProxy:
     object with other error handling.
     """
 
-    __slots__ = ("_cache", "_conn", "_handler", "_mode", "_target", "_timeout", "__weakref__")
+    __slots__ = ("__weakref__", "_cache", "_conn", "_handler", "_mode", "_target", "_timeout")
 
     def __init__(
         self,

@@ -39,7 +39,7 @@ class ConnectionState(enum.Enum):
 class Lifecycle:
     """The suspend count and state of one connection or listener."""
 
-    __slots__ = ("_activated", "_suspends", "_invalid")
+    __slots__ = ("_activated", "_invalid", "_suspends")
 
     def __init__(self) -> None:
         self._suspends = 1
