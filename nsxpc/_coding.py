@@ -146,7 +146,7 @@ def secure_coding(cls: _C) -> _C:
     cls.supports_secure_coding = True  # type: ignore[attr-defined]
     SecureCoding.register(cls)
     _CODABLE.pop(cls, None)
-    return cls
+    return cls  # type: ignore[return-value]
 
 
 _CODABLE: dict[type, bool] = {}
@@ -384,7 +384,8 @@ def _decode_ext(ext: Ext, allowed: Allowed, ctx: DecodeContext, depth: int) -> o
         parts = _decode_items(ext, ctx)
         if len(parts) != 2 or type(parts[0]) is not str or type(parts[1]) is not dict:
             raise DecodingError("malformed coded object")
-        name, fields = parts
+        name: str = parts[0]
+        fields: dict[str, object] = parts[1]
         cls = allowed.names.get(name)
         if cls is None:
             # The name is looked up in this slot's allowlist only: never imported.
@@ -443,6 +444,10 @@ class Coder:
     """
 
     __slots__ = ("_dec", "_depth", "_enc", "_fields")
+    _enc: EncodeContext | None
+    _dec: DecodeContext | None
+    _depth: int
+    _fields: dict[str, Any]
 
     def __init__(self) -> None:
         raise TypeError("nsxpc.Coder instances are made by nsxpc while encoding or decoding")
@@ -578,6 +583,13 @@ class SlotType:
     """
 
     __slots__ = ("_ann_check", "_walk", "allowed", "annotation", "check", "classes", "interface")
+    allowed: Allowed
+    annotation: object
+    check: Check
+    classes: frozenset[type]
+    interface: Any
+    _walk: bool
+    _ann_check: Check
 
     def __init__(
         self,
@@ -710,13 +722,13 @@ def _compile(ann: object, where: str) -> Compiled:
         # PEP 484: an int is acceptable where a float is annotated.
         return frozenset({float, int}), lambda v: type(v) is float or type(v) is int, False
     if ann in _EXACT:
-        exact: type = ann  # type: ignore[assignment]
+        exact: type = ann
         return frozenset({exact}), lambda v: type(v) is exact, False
     if isinstance(ann, type) and issubclass(ann, XPCError):
         err: type = ann
         return frozenset({ann}), lambda v: isinstance(v, err), False
     if ann in _BARE:
-        bare: type = ann  # type: ignore[assignment]
+        bare: type = ann
         return PLAIN_TYPES, lambda v: type(v) is bare, True
     if is_secure_coding(ann):
         cls: type = ann  # type: ignore[assignment]
@@ -742,7 +754,7 @@ def _compile(ann: object, where: str) -> Compiled:
         values = {(type(a), a) for a in args}
         return frozenset(t for t, _ in values), lambda v: (type(v), v) in values, False
     if origin in (list, set, frozenset) or (origin is tuple and len(args) == 2 and args[1] is Ellipsis):
-        container: type = origin  # type: ignore[assignment]
+        container: type = origin
         member_classes, member, walk = _compile(args[0] if args else Any, where)
         return (
             frozenset({container}) | member_classes,
@@ -764,27 +776,14 @@ def _compile(ann: object, where: str) -> Compiled:
         classes = frozenset({tuple}).union(*(c for c, _, _ in parts))
         return (
             classes,
-            lambda v: (
-                type(v) is tuple
-                and len(v) == n
-                and all(  # type: ignore[arg-type]
-                    c(e)
-                    for c, e in zip(tchecks, v, strict=True)  # type: ignore[call-overload]
-                )
-            ),
+            lambda v: type(v) is tuple and len(v) == n and all(c(e) for c, e in zip(tchecks, v, strict=True)),
             any(w for _, _, w in parts),
         )
     if origin is dict:
         (kc, kcheck, kw), (vc, vcheck, vw) = (_compile(a, where) for a in (args or (Any, Any)))
         return (
             frozenset({dict}) | kc | vc,
-            lambda v: (
-                type(v) is dict
-                and all(
-                    kcheck(k) and vcheck(x)
-                    for k, x in v.items()  # type: ignore[attr-defined]
-                )
-            ),
+            lambda v: type(v) is dict and all(kcheck(k) and vcheck(x) for k, x in v.items()),
             kw or vw,
         )
     if origin in _ABC_ORIGINS:
@@ -796,17 +795,11 @@ def _compile(ann: object, where: str) -> Compiled:
             kcheck, vcheck = parts[0][1], parts[-1][1]
             return (
                 classes,
-                lambda v: (
-                    type(v) is dict
-                    and all(
-                        kcheck(k) and vcheck(x)
-                        for k, x in v.items()  # type: ignore[attr-defined]
-                    )
-                ),
+                lambda v: type(v) is dict and all(kcheck(k) and vcheck(x) for k, x in v.items()),
                 walk,
             )
         mcheck = parts[0][1]
-        return classes, lambda v: type(v) in concrete and all(mcheck(e) for e in v), walk  # type: ignore[attr-defined]
+        return classes, lambda v: type(v) in concrete and all(mcheck(e) for e in v), walk
     if typing.is_typeddict(ann) or (origin is None and not isinstance(ann, type) and ann is not None):
         return _typeguard_slot(ann, where)
     if isinstance(ann, type) and callable(ann) and issubclass(ann, collections.abc.Callable):  # type: ignore[arg-type]

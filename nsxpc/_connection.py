@@ -719,7 +719,7 @@ class Connection:
                 if self._life.running:
                     self._flush(eager=False)
                 return
-        self._post(lambda: self._lose_link(link, reason))  # type: ignore[arg-type]
+        self._post(lambda: self._lose_link(link, reason))
 
     def _flush(self, *, eager: bool) -> None:
         """Connect if needed and write the outbox. Called with ``_send_lock`` held."""

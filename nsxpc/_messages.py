@@ -64,7 +64,7 @@ def check_envelope(msg: Any) -> list[Any]:
         raise ProtocolError(f"unknown message kind {msg[0]}")
     if len(msg) != len(shape) or any(type(v) is not t for v, t in zip(msg, shape, strict=True)):
         raise ProtocolError(f"malformed {_NAMES[msg[0]]} message")
-    return msg  # type: ignore[no-any-return]
+    return msg
 
 
 def check_hello_version(msg: Any) -> None:
