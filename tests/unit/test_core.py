@@ -104,7 +104,7 @@ def test_a_late_reply_after_the_call_ended_is_discarded() -> None:
 
 
 def test_an_answer_to_a_call_never_made_is_a_violation() -> None:
-    client, server, _ = make_pair()
+    client, _server, _ = make_pair()
     frame = encode_frame(_codec.pack([_messages.REPLY, 99, [1]]))
     (event,) = client.receive(frame)
     assert isinstance(event, Violation)
