@@ -59,6 +59,7 @@ from ._protocol import (
 from ._proxy import HANDLER, PLAIN, SYNC, RemoteProxy
 from ._state import ConnectionState, Lifecycle
 from ._transport import (
+    RECV_SIZE,
     PeerCredentials,
     connect_unix,
     is_no_listener,
@@ -82,10 +83,11 @@ _EPOLLIN = select.EPOLLIN | select.EPOLLRDHUP
 class _Link:
     """One transport: a connected socket and the protocol core that speaks over it."""
 
-    __slots__ = ("core", "creds", "dead", "fd", "sock")
+    __slots__ = ("buffer", "core", "creds", "dead", "fd", "sock")
 
     def __init__(self, sock: socket.socket, core: ConnectionCore, creds: PeerCredentials) -> None:
         self.sock = sock
+        self.buffer = memoryview(bytearray(RECV_SIZE))
         self.fd = sock.fileno()
         self.core = core
         self.creds = creds
@@ -568,7 +570,7 @@ class Connection:
                 self._epoll.modify(link.fd, 0)
             return
         try:
-            chunk = recv_chunk(link.sock)
+            chunk = recv_chunk(link.sock, link.buffer)
         except ConnectionInvalid as exc:
             self._invalidate(exc.message)
             return

@@ -65,7 +65,7 @@ class FrameDecoder:
         # Header of the frame being assembled: (body length, fd count), or None.
         self._need: tuple[int, int] | None = None
 
-    def feed(self, data: bytes, fds: tuple[int, ...] | list[int] = ()) -> None:
+    def feed(self, data: bytes | memoryview, fds: tuple[int, ...] | list[int] = ()) -> None:
         """Append received bytes and the fds that arrived with them."""
         if self._dead:
             raise ProtocolError("frame decoder used after a framing error")

@@ -276,7 +276,7 @@ class ConnectionCore:
 
     # ------------------------------------------------------------------ incoming
 
-    def feed(self, data: bytes, fds: Sequence[int] = ()) -> None:
+    def feed(self, data: bytes | memoryview, fds: Sequence[int] = ()) -> None:
         """Buffer received bytes and the fds that came with them."""
         if self.phase != "closed":
             self.decoder.feed(data, tuple(fds))

@@ -183,20 +183,23 @@ _ANC_SPACE = socket.CMSG_SPACE(253 * 4)
 _RECV_FLAGS = socket.MSG_DONTWAIT | getattr(socket, "MSG_CMSG_CLOEXEC", 0)
 
 
-def recv_chunk(sock: socket.socket) -> tuple[bytes, list[int]] | None:
-    """Read what is available without blocking.
+def recv_chunk(sock: socket.socket, buffer: memoryview) -> tuple[memoryview, list[int]] | None:
+    """Read what is available into ``buffer`` without blocking.
 
-    Returns (bytes, fds); ``(b"", [])`` at end of stream; None if nothing is ready.
+    Reading into a buffer the connection keeps avoids allocating (and for large
+    sizes mmap-ing) a fresh bytes object per read, which cost more than the
+    round trip itself.
+
+    Returns (the filled part of ``buffer``, fds); an empty view at end of
+    stream; None if nothing is ready.
 
     Raises:
         OSError: the connection failed (ECONNRESET...).
         ConnectionInvalid: the kernel truncated the fds (more than the process may hold).
     """
     try:
-        data, ancdata, flags, _ = sock.recvmsg(RECV_SIZE, _ANC_SPACE, _RECV_FLAGS)
-    except BlockingIOError:
-        return None
-    except InterruptedError:
+        n, ancdata, flags, _ = sock.recvmsg_into([buffer], _ANC_SPACE, _RECV_FLAGS)
+    except (BlockingIOError, InterruptedError):
         return None
     fds: list[int] = []
     for level, kind, payload in ancdata:
@@ -207,7 +210,7 @@ def recv_chunk(sock: socket.socket) -> tuple[bytes, list[int]] | None:
         for fd in fds:
             os.close(fd)
         raise ConnectionInvalid("file descriptors were truncated in transit (MSG_CTRUNC)")
-    return data, fds
+    return buffer[:n], fds
 
 
 def is_no_listener(exc: OSError) -> bool:
