@@ -36,7 +36,7 @@ import attrs
 
 from . import _codec
 from ._codec import Ext, ExtType
-from ._errors import DecodingError, EncodingError, InterfaceError, XPCError, error_for_code
+from ._errors import DecodingError, EncodingError, InterfaceError, ProtocolError, XPCError, error_for_code
 from ._values import ListenerEndpoint
 
 __all__ = [
@@ -196,8 +196,15 @@ class DecodeContext:
     import_proxy: Callable[[int, Any], object] | None = None
 
     def unpack(self, data: bytes) -> Any:
-        """Unpack an extension payload under the message's remaining budget."""
-        return _codec.unpack(data, self.nodes_left, self.max_container)
+        """Unpack an extension payload under the message's remaining budget.
+
+        The envelope around it was well formed, so a bad payload is one bad value
+        (DecodingError: that message is dropped), not a broken stream.
+        """
+        try:
+            return _codec.unpack(data, max(self.nodes_left, 0), self.max_container)
+        except ProtocolError as exc:
+            raise DecodingError(f"malformed value: {exc.message}") from None
 
     def spend(self, count: int) -> None:
         self.nodes_left -= count

@@ -44,6 +44,7 @@ from ._errors import (
 from ._interface import Interface, MethodSpec
 from ._limits import DEFAULT_LIMITS, Limits
 from ._protocol import (
+    BadHello,
     CallReceived,
     CallRejected,
     ConnectionCore,
@@ -83,7 +84,7 @@ _EPOLLIN = select.EPOLLIN | select.EPOLLRDHUP
 class _Link:
     """One transport: a connected socket and the protocol core that speaks over it."""
 
-    __slots__ = ("buffer", "core", "creds", "dead", "fd", "sock")
+    __slots__ = ("buffer", "core", "creds", "dead", "fd", "ready", "sock")
 
     def __init__(self, sock: socket.socket, core: ConnectionCore, creds: PeerCredentials) -> None:
         self.sock = sock
@@ -92,6 +93,9 @@ class _Link:
         self.core = core
         self.creds = creds
         self.dead = False
+        # A client may pipeline calls right after HELLO; a listener's side may send
+        # only after its WELCOME (a delegate that calls back while accepting queues).
+        self.ready = core.client
 
 
 class _Call(PendingCall):
@@ -619,6 +623,9 @@ class Connection:
             pass
         elif t is HelloReceived:
             self._on_hello(link, event)  # type: ignore[arg-type]
+        elif t is BadHello:
+            ev_b: BadHello = event  # type: ignore[assignment]
+            self._refuse(link, ConnectionInvalid(ev_b.error.message))
         elif t is Refused:
             ev_f: Refused = event  # type: ignore[assignment]
             log.warning("nsxpc: %s refused the connection: %s", self._describe, ev_f.error.message)
@@ -642,7 +649,10 @@ class Connection:
         if not listener._offer(self):
             self._refuse(link, ConnectionInvalid("the listener's delegate refused the connection"))
             return
-        self._write(link, link.core.welcome())
+        with self._send_lock:
+            self._write(link, link.core.welcome())
+            link.ready = True
+            self._flush(eager=False)
 
     def _refuse(self, link: _Link, error: XPCError) -> None:
         log.info("nsxpc: refusing %s: %s", self._describe, error.message)
@@ -707,7 +717,7 @@ class Connection:
                     self._fail(call, ConnectionInvalid(self._invalid_message()))
                 return
             link = self._link
-            if self._life.running and link is not None and not link.dead and not self._outbox:
+            if self._life.running and link is not None and link.ready and not link.dead and not self._outbox:
                 frame = link.core.invoke(method, args, len(fds), call, target)
                 if call is not None:
                     call.link = link
@@ -736,6 +746,8 @@ class Connection:
             except XPCError as err:
                 self._connect_failed(err)
                 return
+        if not link.ready:
+            return
         while self._outbox:
             item = self._outbox.popleft()
             if item.barrier is not None:

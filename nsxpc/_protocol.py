@@ -22,6 +22,7 @@ Invariants (the exactly-once contract, NSXPC H9):
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -35,6 +36,7 @@ from ._interface import Interface, MethodSpec
 from ._limits import DEFAULT_LIMITS, Limits
 
 __all__ = [
+    "BadHello",
     "CallReceived",
     "CallRejected",
     "ConnectionCore",
@@ -52,6 +54,7 @@ __all__ = [
 
 # Scalars need no conversion either way; the slot check alone decides.
 _FAST = frozenset({type(None), bool, int, float, str, bytes})
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
 
 
 def encode_arguments(
@@ -77,7 +80,10 @@ def encode_arguments(
     for index, (slot, value) in enumerate(zip(slots, values, strict=True)):
         if not slot.check(value):
             raise EncodingError(f"{selector} {what} {index}: {slot.explain(value)}")
-        if type(value) in _FAST:
+        t = type(value)
+        if t in _FAST and slot.interface is None:
+            if t is int and not _INT_MIN <= value <= _INT_MAX:  # type: ignore[operator]
+                raise EncodingError(f"{selector} {what} {index}: integer {value} does not fit in 64 bits")
             out.append(value)
             continue
         try:
@@ -112,6 +118,13 @@ class HelloReceived:
     kind: str
     token: bytes
     info: dict[str, Any]
+
+
+@attrs.frozen
+class BadHello:
+    """Server side: the first frame was not an acceptable HELLO; refuse with ``error``."""
+
+    error: ProtocolError
 
 
 @attrs.frozen
@@ -173,7 +186,7 @@ class Violation:
 
 ProxyImporter = Callable[[int, Any], object]
 ObjectExporter = Callable[[object, Any], int]
-Event = HelloReceived | Welcomed | Refused | CallReceived | CallRejected | Resolved | Released | Violation
+Event = BadHello | HelloReceived | Welcomed | Refused | CallReceived | CallRejected | Resolved | Released | Violation
 Exports = dict[int, tuple[object, Interface]]
 
 
@@ -205,6 +218,8 @@ class ConnectionCore:
         self.phase = "welcome" if client else "hello"
         self._pending: dict[int, PendingCall] = {}
         self._last_seq = 0
+        #: fds of the current frame that a decoded value took ownership of.
+        self.claimed_fds: set[int] = set()
         self.import_proxy: ProxyImporter | None = None
         self.export_object: ObjectExporter | None = None
 
@@ -232,10 +247,10 @@ class ConnectionCore:
         register ``call`` (if a reply is expected) under a new sequence number."""
         seq = 0
         if call is not None:
-            self._last_seq += 1
-            seq = call.seq = self._last_seq
-        frame = encode_frame(_codec.pack([_messages.INVOKE, seq, target, method.selector, args]), nfds)
+            seq = self._last_seq + 1
+        frame = self._frame(_codec.pack([_messages.INVOKE, seq, target, method.selector, args]), nfds, method)
         if call is not None:
+            self._last_seq = call.seq = seq
             self._pending[seq] = call
         return frame
 
@@ -249,7 +264,15 @@ class ConnectionCore:
         args, fds = encode_arguments(
             method.reply, values, method.selector, "reply argument", self.limits.max_depth, self.export_object
         )
-        return encode_frame(_codec.pack([_messages.REPLY, seq, args]), len(fds)), fds
+        return self._frame(_codec.pack([_messages.REPLY, seq, args]), len(fds), method), fds
+
+    def _frame(self, body: bytes, nfds: int, method: MethodSpec) -> bytes:
+        if len(body) > self.limits.max_frame_size:
+            raise EncodingError(
+                f"{method.selector}: the message is {len(body)} bytes, over the "
+                f"{self.limits.max_frame_size}-byte frame cap (nsxpc.Limits.max_frame_size)"
+            )
+        return encode_frame(body, nfds)
 
     def failure(self, seq: int, error: XPCError) -> bytes:
         """Encode the error answer to call ``seq``."""
@@ -294,7 +317,10 @@ class ConnectionCore:
                 frame = self.decoder.next_frame()
                 if frame is None:
                     return None
-                event = self._on_frame(frame.body, frame.fds)
+                if frame.fds:
+                    event = self._on_frame_with_fds(frame.body, frame.fds)
+                else:
+                    event = self._on_frame(frame.body, frame.fds)
             except ProtocolError as exc:
                 self.phase = "closed"
                 return Violation(exc)
@@ -313,17 +339,37 @@ class ConnectionCore:
     def _unpack(self, body: bytes) -> Any:
         return _codec.unpack(body, self.limits.max_nodes, self.limits.max_nodes)
 
+    def _on_frame_with_fds(self, body: bytes, fds: tuple[int, ...]) -> Event | None:
+        """Decode a frame that carried fds; close every fd no decoded value took,
+        whatever happened to the message (refused, malformed, or delivered)."""
+        self.claimed_fds = set()
+        try:
+            return self._on_frame(body, fds)
+        finally:
+            for fd in fds:
+                if fd not in self.claimed_fds:
+                    try:
+                        os.close(fd)
+                    except OSError:
+                        pass
+
     def _on_frame(self, body: bytes, fds: tuple[int, ...]) -> Event | None:
-        msg = self._unpack(body)
         if self.phase == "hello":
-            _messages.check_hello_version(msg)
-            _, _, _, kind, token, info = _messages.check_envelope(msg)
-            if kind != self.kind:
-                raise ProtocolError(
-                    f"peer opened a {kind!r} connection, but this listener serves {self.kind!r} connections"
-                )
+            try:
+                msg = self._unpack(body)
+                _messages.check_hello_version(msg)
+                _, _, _, kind, token, info = _messages.check_envelope(msg)
+                if kind != self.kind:
+                    raise ProtocolError(
+                        f"peer opened a {kind!r} connection, but this listener serves {self.kind!r} connections"
+                    )
+            except ProtocolError as exc:
+                # Tell the peer why before closing: the handshake is where versions meet.
+                self.phase = "closed"
+                return BadHello(exc)
             self.phase = "open"
             return HelloReceived(kind, token, info)
+        msg = self._unpack(body)
         kind_ = msg[0] if type(msg) is list and msg else None
         if self.phase == "welcome":
             if kind_ == _messages.REFUSE:
@@ -400,7 +446,7 @@ class ConnectionCore:
         out: list[Any] = []
         for index, (slot, value) in enumerate(zip(slots, raw, strict=True)):
             try:
-                if type(value) not in _FAST:
+                if type(value) not in _FAST or slot.interface is not None:
                     if ctx is None:
                         limits = self.limits
                         ctx = DecodeContext(
@@ -416,7 +462,9 @@ class ConnectionCore:
 
     @staticmethod
     def _decode_one(slot: SlotType, value: object, ctx: DecodeContext) -> object:
-        if slot.interface is not None and type(value) is _codec.Ext and value.code == _codec.EXT_PROXY:
+        if slot.interface is not None:
+            if type(value) is not _codec.Ext or value.code != _codec.EXT_PROXY:
+                raise DecodingError("this argument travels by proxy, but a value was sent by copy")
             if ctx.import_proxy is None:
                 raise DecodingError("objects by proxy are not supported on this connection")
             ident = ctx.unpack(value.data)

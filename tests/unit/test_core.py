@@ -17,6 +17,7 @@ import nsxpc
 from nsxpc import _codec, _messages
 from nsxpc._framing import encode_frame
 from nsxpc._protocol import (
+    BadHello,
     CallReceived,
     CallRejected,
     ConnectionCore,
@@ -167,8 +168,11 @@ def test_a_peer_with_another_version_is_refused_with_the_reason() -> None:
     server = ConnectionCore(client=False)
     hello = encode_frame(_codec.pack([_messages.HELLO, "nsxpc", 99, "nsxpc", b"", {}]))
     (event,) = server.receive(hello)
-    assert isinstance(event, Violation)
+    assert isinstance(event, BadHello)
     assert "version mismatch" in event.error.message and "99" in event.error.message
+    (refused,) = ConnectionCore(client=True).receive(server.refuse(nsxpc.ConnectionInvalid(event.error.message)))
+    assert isinstance(refused, Refused)
+    assert "version mismatch" in refused.error.message
 
 
 def test_the_client_reads_a_refusal() -> None:
@@ -290,3 +294,43 @@ class ExactlyOnce(RuleBasedStateMachine):
 
 ExactlyOnce.TestCase.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
 TestExactlyOnce = ExactlyOnce.TestCase
+
+
+def test_a_malformed_extension_payload_rejects_the_message_not_the_connection() -> None:
+    _, server, _ = make_pair()
+    bad_tuple = _codec.ExtType(_codec.EXT_TUPLE, b"\xc1")
+    (event,) = server.receive(encode_frame(_codec.pack([_messages.INVOKE, 1, 1, "add", [bad_tuple, 2]])))
+    assert isinstance(event, CallRejected)
+    assert isinstance(event.error, nsxpc.DecodingError)
+    (good,) = server.receive(encode_frame(_codec.pack([_messages.INVOKE, 2, 1, "add", [1, 2]])))
+    assert isinstance(good, CallReceived)
+
+
+def test_integers_beyond_64_bits_are_refused_when_encoding() -> None:
+    client, _, iface = make_pair()
+    with pytest.raises(nsxpc.EncodingError, match="64 bits"):
+        call_frame(client, iface, 2**64, 1, None)
+    assert client.pending_count == 0
+
+
+def test_a_message_over_the_frame_cap_is_refused_before_sending() -> None:
+    iface = nsxpc.Interface(Adder)
+    client = ConnectionCore(client=True, limits=nsxpc.Limits(max_frame_size=64))
+    method = iface.method("note")
+    assert method is not None
+    with pytest.raises(nsxpc.EncodingError, match="frame cap"):
+        client.invoke(method, ["x" * 100], 0, PendingCall(method), _messages.ROOT_OBJECT)
+    assert client.pending_count == 0
+
+
+def test_fds_that_no_value_takes_are_closed() -> None:
+    import os
+
+    _, server, _ = make_pair()
+    r, w = os.pipe()
+    os.close(w)
+    frame = encode_frame(_codec.pack([_messages.INVOKE, 1, 1, "nosuch", []]), 1)
+    (event,) = server.receive(frame, [r])
+    assert isinstance(event, CallRejected)
+    with pytest.raises(OSError):
+        os.fstat(r)
