@@ -25,8 +25,6 @@ from __future__ import annotations
 import struct
 from collections import deque
 
-import attrs
-
 from ._errors import ProtocolError
 
 __all__ = ["DEFAULT_MAX_FDS", "DEFAULT_MAX_FRAME_SIZE", "HEADER", "Frame", "FrameDecoder", "encode_frame"]
@@ -38,12 +36,17 @@ DEFAULT_MAX_FRAME_SIZE = 4 * 1024 * 1024
 DEFAULT_MAX_FDS = 16
 
 
-@attrs.frozen
 class Frame:
     """One complete frame: its msgpack body and the fds that came with it."""
 
-    body: bytes
-    fds: tuple[int, ...] = ()
+    __slots__ = ("body", "fds")
+
+    def __init__(self, body: bytes, fds: tuple[int, ...] = ()) -> None:
+        self.body = body
+        self.fds = fds
+
+    def __repr__(self) -> str:
+        return f"Frame({len(self.body)} bytes, fds={self.fds})"
 
 
 def encode_frame(body: bytes, nfds: int = 0) -> bytes:
@@ -54,23 +57,23 @@ def encode_frame(body: bytes, nfds: int = 0) -> bytes:
 class FrameDecoder:
     """Splits a byte stream (and the fds received with it) into frames."""
 
-    __slots__ = ("_buf", "_dead", "_fds", "_need", "max_fds", "max_frame_size")
+    __slots__ = ("_buf", "_dead", "_fds", "_pos", "max_fds", "max_frame_size")
 
     def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, max_fds: int = DEFAULT_MAX_FDS) -> None:
         self.max_frame_size = max_frame_size
         self.max_fds = max_fds
         self._buf = bytearray()
+        self._pos = 0  # start of the first unconsumed byte in _buf
         self._fds: deque[int] = deque()
         self._dead = False
-        # Header of the frame being assembled: (body length, fd count), or None.
-        self._need: tuple[int, int] | None = None
 
     def feed(self, data: bytes | memoryview, fds: tuple[int, ...] | list[int] = ()) -> None:
         """Append received bytes and the fds that arrived with them."""
         if self._dead:
             raise ProtocolError("frame decoder used after a framing error")
         self._buf += data
-        self._fds.extend(fds)
+        if fds:
+            self._fds.extend(fds)
 
     def take_fds(self) -> list[int]:
         """Remove and return every fd still queued (to close them at teardown)."""
@@ -81,38 +84,51 @@ class FrameDecoder:
     @property
     def buffered(self) -> int:
         """Bytes received but not yet returned as a frame."""
-        return len(self._buf)
+        return len(self._buf) - self._pos
 
     def next_frame(self) -> Frame | None:
         """Return the next complete frame, or None if more bytes are needed.
+
+        The header is checked as soon as its 8 bytes are here, before any of the
+        body is waited for.
 
         Raises:
             ProtocolError: the stream is corrupt (oversized frame, too many fds,
                 unknown flags, or fds missing); the decoder is dead afterwards.
         """
-        if self._need is None:
-            if len(self._buf) < HEADER.size:
-                return None
-            length, nfds, flags = HEADER.unpack_from(self._buf)
-            if flags:
-                self._fail(f"frame header has unknown flags {flags:#06x}")
-            if length > self.max_frame_size:
-                self._fail(f"frame of {length} bytes exceeds the {self.max_frame_size}-byte cap")
-            if nfds > self.max_fds:
-                self._fail(f"frame carries {nfds} file descriptors, more than the cap of {self.max_fds}")
-            del self._buf[: HEADER.size]
-            self._need = (length, nfds)
-        length, nfds = self._need
-        if len(self._buf) < length:
+        buf, pos = self._buf, self._pos
+        size = len(buf)
+        if size - pos < 8:
+            self._compact()
             return None
-        self._need = None
-        body = bytes(self._buf[:length])
-        del self._buf[:length]
+        length, nfds, flags = HEADER.unpack_from(buf, pos)
+        if flags:
+            self._fail(f"frame header has unknown flags {flags:#06x}")
+        if length > self.max_frame_size:
+            self._fail(f"frame of {length} bytes exceeds the {self.max_frame_size}-byte cap")
+        if nfds > self.max_fds:
+            self._fail(f"frame carries {nfds} file descriptors, more than the cap of {self.max_fds}")
+        end = pos + 8 + length
+        if size < end:
+            self._compact()
+            return None
+        body = bytes(buf[pos + 8 : end])
+        if end == size:
+            buf.clear()
+            self._pos = 0
+        else:
+            self._pos = end
         if nfds:
             if len(self._fds) < nfds:
                 self._fail(f"frame announces {nfds} file descriptors but {len(self._fds)} arrived")
             return Frame(body, tuple(self._fds.popleft() for _ in range(nfds)))
         return Frame(body)
+
+    def _compact(self) -> None:
+        # Drop consumed bytes only when waiting for more: one memmove per read, not per frame.
+        if self._pos:
+            del self._buf[: self._pos]
+            self._pos = 0
 
     def _fail(self, reason: str) -> None:
         self._dead = True

@@ -77,7 +77,9 @@ def encode_arguments(
     fds: list[int] = []
     ctx: EncodeContext | None = None
     out: list[object] = []
-    for index, (slot, value) in enumerate(zip(slots, values, strict=True)):
+    for index in range(len(slots)):
+        slot = slots[index]
+        value = values[index]
         if not slot.check(value):
             raise EncodingError(f"{selector} {what} {index}: {slot.explain(value)}")
         t = type(value)
@@ -370,7 +372,20 @@ class ConnectionCore:
             self.phase = "open"
             return HelloReceived(kind, token, info)
         msg = self._unpack(body)
-        kind_ = msg[0] if type(msg) is list and msg else None
+        if type(msg) is list and msg:
+            # The two hot kinds are checked inline; everything else through check_envelope.
+            kind_ = msg[0]
+            if kind_ == _messages.INVOKE and self.phase == "open":
+                if len(msg) != 5 or type(msg[1]) is not int or type(msg[2]) is not int \
+                        or type(msg[3]) is not str or type(msg[4]) is not list:  # fmt: skip
+                    raise ProtocolError("malformed INVOKE message")
+                return self._on_invoke(msg, fds)
+            if kind_ == _messages.REPLY and self.phase == "open":
+                if len(msg) != 3 or type(msg[1]) is not int or type(msg[2]) is not list:
+                    raise ProtocolError("malformed REPLY message")
+                return self._on_answer(msg, fds)
+        else:
+            kind_ = None
         if self.phase == "welcome":
             if kind_ == _messages.REFUSE:
                 _, code, reason = _messages.check_envelope(msg)
@@ -444,15 +459,20 @@ class ConnectionCore:
             raise DecodingError(f"{selector}: expected {len(slots)} {what}s, got {len(raw)}")
         ctx: DecodeContext | None = None
         out: list[Any] = []
-        for index, (slot, value) in enumerate(zip(slots, raw, strict=True)):
+        for index in range(len(slots)):
+            slot = slots[index]
+            value = raw[index]
+            if type(value) in _FAST and slot.interface is None:
+                # A scalar needs no conversion: the slot's check alone decides.
+                if slot.check(value):
+                    out.append(value)
+                    continue
+                raise DecodingError(f"{selector} {what} {index}: {slot.explain(value)}")
             try:
-                if type(value) not in _FAST or slot.interface is not None:
-                    if ctx is None:
-                        limits = self.limits
-                        ctx = DecodeContext(
-                            fds, limits.max_depth, limits.max_nodes, limits.max_nodes, self.import_proxy
-                        )
-                    value = self._decode_one(slot, value, ctx)
+                if ctx is None:
+                    limits = self.limits
+                    ctx = DecodeContext(fds, limits.max_depth, limits.max_nodes, limits.max_nodes, self.import_proxy)
+                value = self._decode_one(slot, value, ctx)
                 if not slot.check(value):
                     raise DecodingError(str(slot.explain(value)))
             except DecodingError as exc:
