@@ -81,6 +81,15 @@ def _ext_hook(code: int, data: bytes) -> Ext:
     return Ext(code, data)
 
 
+def _no_duplicate_keys(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    # msgpack keeps the last of duplicate keys silently; a validator and a consumer
+    # could then disagree about a map's content (research/reliability.md A4).
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise ValueError("map has duplicate keys")
+    return result
+
+
 _packer_options = {"use_bin_type": True, "datetime": False}
 
 
@@ -116,6 +125,7 @@ def unpack(data: bytes, node_budget: int, max_container: int) -> Any:
             use_list=True,
             strict_map_key=True,
             ext_hook=_ext_hook,
+            object_pairs_hook=_no_duplicate_keys,
             max_array_len=max_container,
             max_map_len=max_container,
         )

@@ -36,7 +36,15 @@ import attrs
 
 from . import _codec
 from ._codec import Ext, ExtType
-from ._errors import DecodingError, EncodingError, InterfaceError, ProtocolError, XPCError, error_for_code
+from ._errors import (
+    DecodingError,
+    EncodingError,
+    ErrorCode,
+    InterfaceError,
+    ProtocolError,
+    XPCError,
+    error_for_code,
+)
 from ._values import ListenerEndpoint
 
 __all__ = [
@@ -248,6 +256,10 @@ def encode_value(value: object, ctx: EncodeContext, depth: int = 0) -> object:
         dt: datetime.datetime = value  # type: ignore[assignment]
         if dt.tzinfo is None or dt.utcoffset() is None:
             raise EncodingError(f"naive datetime {dt.isoformat()} cannot be sent: make it timezone-aware")
+        try:
+            dt.astimezone(_UTC)  # the receiver rebuilds it in UTC: it must exist there
+        except OverflowError:
+            raise EncodingError(f"datetime {dt.isoformat()} is out of range in UTC") from None
         return ExtType(_codec.EXT_DATETIME, _I64.pack((dt - _EPOCH) // _MICRO))
     if t is uuid.UUID:
         return ExtType(_codec.EXT_UUID, value.bytes)  # type: ignore[attr-defined]
@@ -255,7 +267,9 @@ def encode_value(value: object, ctx: EncodeContext, depth: int = 0) -> object:
         ep: ListenerEndpoint = value  # type: ignore[assignment]
         return ExtType(_codec.EXT_ENDPOINT, _codec.pack([ep.path, ep.token]))
     if isinstance(value, XPCError):
-        return ExtType(_codec.EXT_ERROR, _codec.pack([int(value.code), value.message]))
+        # Errors are rebuilt from a fixed code table, never from a class name; the
+        # flag keeps a plain XPCError plain.
+        return ExtType(_codec.EXT_ERROR, _codec.pack([int(value.code), value.message, t is XPCError]))
     if is_secure_coding(t):
         coder = Coder._for_encoding(ctx, depth)
         value.encode_with_coder(coder)  # type: ignore[attr-defined]
@@ -325,6 +339,13 @@ def decode_value(raw: object, allowed: Allowed, ctx: DecodeContext, depth: int =
     raise DecodingError(f"unexpected wire value of type {t.__name__}")
 
 
+def _plain_error(code: int, message: str) -> XPCError:
+    try:
+        return XPCError(message, code=ErrorCode(code))
+    except ValueError:
+        return XPCError(message)
+
+
 def _decode_items(ext: Ext, ctx: DecodeContext) -> list[object]:
     items = ctx.unpack(ext.data)
     if type(items) is not list:
@@ -384,9 +405,12 @@ def _decode_ext(ext: Ext, allowed: Allowed, ctx: DecodeContext, depth: int) -> o
         if not any(issubclass(t, XPCError) for t in allowed.types):
             raise _refuse("an XPCError", allowed)
         parts = _decode_items(ext, ctx)
-        if len(parts) != 2 or type(parts[0]) is not int or type(parts[1]) is not str:
+        if len(parts) != 3 or type(parts[0]) is not int or type(parts[1]) is not str or type(parts[2]) is not bool:
             raise DecodingError("malformed XPCError")
-        return error_for_code(parts[0], parts[1])
+        error = _plain_error(parts[0], parts[1]) if parts[2] else error_for_code(parts[0], parts[1])
+        if type(error) not in allowed.types and XPCError not in allowed.types:
+            raise _refuse(f"an error of class {type(error).__name__}", allowed)
+        return error
     if code == _codec.EXT_OBJECT:
         parts = _decode_items(ext, ctx)
         if len(parts) != 2 or type(parts[0]) is not str or type(parts[1]) is not dict:

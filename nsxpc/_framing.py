@@ -96,6 +96,8 @@ class FrameDecoder:
             ProtocolError: the stream is corrupt (oversized frame, too many fds,
                 unknown flags, or fds missing); the decoder is dead afterwards.
         """
+        if self._dead:
+            raise ProtocolError("frame decoder used after a framing error")
         buf, pos = self._buf, self._pos
         size = len(buf)
         if size - pos < 8:

@@ -132,6 +132,9 @@ def _compile_method(func: Any, where: str) -> MethodSpec:
     if hints["return"] is not NoneType:
         raise InterfaceError(f"{where}: every method returns None (results travel through a reply block)")
     params = list(sig.parameters.values())[1:]  # skip self
+    blocks = [p.name for p in params if _is_callable_annotation(hints.get(p.name))]
+    if len(blocks) > 1:
+        raise InterfaceError(f"{where}: only one reply block is allowed per method (found {', '.join(blocks)})")
     names: list[str] = []
     slots: list[SlotType] = []
     defaults: dict[str, object] = {}
