@@ -84,7 +84,7 @@ _EPOLLIN = select.EPOLLIN | select.EPOLLRDHUP
 class _Link:
     """One transport: a connected socket and the protocol core that speaks over it."""
 
-    __slots__ = ("buffer", "core", "creds", "dead", "fd", "ready", "sock")
+    __slots__ = ("buffer", "core", "creds", "dead", "fd", "ready", "sock", "watched")
 
     def __init__(self, sock: socket.socket, core: ConnectionCore, creds: PeerCredentials) -> None:
         self.sock = sock
@@ -96,6 +96,7 @@ class _Link:
         # A client may pipeline calls right after HELLO; a listener's side may send
         # only after its WELCOME (a delegate that calls back while accepting queues).
         self.ready = core.client
+        self.watched = False
 
 
 class _Call(PendingCall):
@@ -259,6 +260,8 @@ class Connection:
         self._wake_fd = -1
         self._epoll: select.epoll | None = None
         self._finished = False
+        self._queue_lock = threading.Lock()
+        self._queue_closed = False
         self._exports: dict[int, tuple[object, Interface]] = {}
         self._remote_interface: Interface | None = None
         self._exported_interface: Interface | None = None
@@ -450,20 +453,30 @@ class Connection:
         with self._send_lock:
             self._life.suspend()
             link = self._link
-        if link is not None and self._epoll is not None and not link.dead:
-            try:
-                self._epoll.modify(link.fd, 0)
-            except OSError:
-                pass
+        if link is not None:
+            self._watch(link, False)
+
+    def _watch(self, link: _Link, on: bool) -> None:
+        """Watch ``link``'s socket for input, or stop. A suspended connection takes its
+        socket out of the poll set entirely: epoll reports hang-ups even for a socket
+        registered with no events, which would spin on a dead peer."""
+        epoll = self._epoll
+        if epoll is None or link.dead or link.watched == on:
+            return
+        try:
+            if on:
+                epoll.register(link.fd, _EPOLLIN)
+            else:
+                epoll.unregister(link.fd)
+            link.watched = on
+        except (OSError, ValueError):
+            pass
 
     def _on_running(self) -> None:
         self._start_queue()
         link = self._link
-        if link is not None and not link.dead and self._epoll is not None:
-            try:
-                self._epoll.modify(link.fd, _EPOLLIN)
-            except OSError:
-                pass
+        if link is not None:
+            self._watch(link, True)
         with self._send_lock:
             self._flush(eager=not self._ever_connected)
         self._post(self._deliver_buffered)
@@ -508,15 +521,20 @@ class Connection:
             self._epoll = select.epoll()
             self._epoll.register(self._wake_fd, select.EPOLLIN)
             link = self._link
-            if link is not None and not link.dead:
-                self._epoll.register(link.fd, _EPOLLIN)
+            if link is not None:
+                self._watch(link, True)
             self._thread = threading.Thread(target=self._run, name=f"nsxpc {self._describe}", daemon=True)
             self._thread.start()
 
     def _post(self, fn: Callable[[], object]) -> None:
-        """Run ``fn`` on the connection's queue."""
-        self._queue.append(fn)
-        fd = self._wake_fd
+        """Run ``fn`` on the connection's queue (or, once that queue has ended after
+        invalidation, on the shared queue for late work, still one at a time)."""
+        with self._queue_lock:
+            if self._queue_closed:
+                _late_work(fn)
+                return
+            self._queue.append(fn)
+            fd = self._wake_fd
         if fd >= 0:
             try:
                 os.eventfd_write(fd, 1)
@@ -550,12 +568,18 @@ class Connection:
                     else:
                         self._on_readable()
         finally:
-            self._epoll = None
-            self._wake_fd = -1
+            with self._queue_lock:
+                self._queue_closed = True
+                self._epoll = None
+                self._wake_fd = -1
+                leftovers = list(queue)
+                queue.clear()
             epoll.close()
             os.close(wake)
-            # Anything posted after the last drain (late finalizers) has nothing left to act on.
-            queue.clear()
+            # Work posted after the last drain (a call on the invalid connection, a late
+            # reply-block finalizer) still runs, in order, on the shared late queue.
+            for item in leftovers:
+                _late_work(item)
 
     def _run_item(self, item: Callable[[], object]) -> None:
         try:
@@ -570,8 +594,7 @@ class Connection:
         if not (self._life.running or link.core.phase == "hello"):
             # Suspended (or accepted but not yet resumed by the delegate): leave the
             # bytes in the kernel, which pushes back on the peer, until resume().
-            if self._epoll is not None:
-                self._epoll.modify(link.fd, 0)
+            self._watch(link, False)
             return
         try:
             chunk = recv_chunk(link.sock, link.buffer)
@@ -786,8 +809,8 @@ class Connection:
         self._creds = creds
         self._link = link
         self._ever_connected = True
-        if self._epoll is not None:
-            self._epoll.register(link.fd, _EPOLLIN)
+        if self._life.running:
+            self._watch(link, True)
         return link
 
     def _connect_failed(self, err: XPCError) -> None:
@@ -940,7 +963,7 @@ class Connection:
             calls = link.core.resolve_all()
             if self._link is link:
                 self._link = None
-        if self._epoll is not None:
+        if link.watched and self._epoll is not None:
             try:
                 self._epoll.unregister(link.fd)
             except (OSError, ValueError):
@@ -954,6 +977,10 @@ class Connection:
         """On the queue: the peer went away (EOF, reset, write failure)."""
         if link.dead or link is not self._link:
             return
+        unread = link.core.decoder.buffered
+        if unread and link.core.phase != "closed":
+            log.warning("nsxpc: %s closed in the middle of a frame (%d bytes unread)", self._describe, unread)
+            reason = f"{reason} in the middle of a frame"
         calls = self._take_link(link)
         if self._life.invalid:
             for call in calls:
@@ -1006,6 +1033,34 @@ class Connection:
             self._listener._forget(self)
         if handler is not None:
             self._run_handler(handler, "invalidation")
+
+
+_late_queue: collections.deque[Callable[[], object]] = collections.deque()
+_late_cond = threading.Condition(threading.Lock())
+_late_thread: threading.Thread | None = None
+
+
+def _late_work(fn: Callable[[], object]) -> None:
+    """Run ``fn`` on the one thread shared by connections whose own queue has ended."""
+    global _late_thread
+    with _late_cond:
+        _late_queue.append(fn)
+        if _late_thread is None:
+            _late_thread = threading.Thread(target=_run_late_work, name="nsxpc late work", daemon=True)
+            _late_thread.start()
+        _late_cond.notify()
+
+
+def _run_late_work() -> None:
+    while True:
+        with _late_cond:
+            while not _late_queue:
+                _late_cond.wait()
+            fn = _late_queue.popleft()
+        try:
+            fn()
+        except Exception:
+            log.exception("nsxpc: a late callback raised")
 
 
 def _timed_out(call: _Call, timeout: float | None) -> TimedOut:

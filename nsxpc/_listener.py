@@ -162,7 +162,9 @@ class Listener:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-        if self._thread is None:
+        # Give the name back now, not when the accept thread notices: a new listener
+        # may claim it as soon as this returns.
+        with self._cond:
             self._close()
 
     def _bind(self) -> None:
@@ -250,7 +252,8 @@ class Listener:
                 with self._cond:
                     self._connections.add(conn)
         finally:
-            self._close()
+            with self._cond:
+                self._close()
 
     def _offer(self, conn: Connection) -> bool:
         """Ask the delegate about ``conn`` (one at a time: the listener's serial queue)."""
