@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import _messages, _timers
+from . import _messages, _timers, _transactions
 from ._errors import (
     ConnectionInterrupted,
     ConnectionInvalid,
@@ -84,7 +84,7 @@ _EPOLLIN = select.EPOLLIN | select.EPOLLRDHUP
 class _Link:
     """One transport: a connected socket and the protocol core that speaks over it."""
 
-    __slots__ = ("buffer", "core", "creds", "dead", "fd", "ready", "sock", "watched")
+    __slots__ = ("buffer", "core", "creds", "dead", "fd", "poller", "ready", "sock", "watched")
 
     def __init__(self, sock: socket.socket, core: ConnectionCore, creds: PeerCredentials) -> None:
         self.sock = sock
@@ -97,6 +97,9 @@ class _Link:
         # only after its WELCOME (a delegate that calls back while accepting queues).
         self.ready = core.client
         self.watched = False
+        # For a synchronous caller that reads its own reply (see Connection._call).
+        self.poller = select.poll()
+        self.poller.register(self.fd, select.POLLIN)
 
 
 class _Call(PendingCall):
@@ -155,6 +158,8 @@ class _ReplyBlock:
         self._seq = seq
         self._method = method
         self._used = False
+        # A reply still owed keeps a launched service from exiting when idle (NSXPC M4).
+        _transactions.begin_transaction()
 
     def __repr__(self) -> str:
         state = "used" if self._used else "pending"
@@ -164,6 +169,7 @@ class _ReplyBlock:
         if self._used:
             raise RuntimeError(f"the reply block of {self._method.selector!r} was already called")
         self._used = True
+        _transactions.end_transaction()
         link = self._link
         try:
             frame, fds = link.core.reply(self._seq, self._method, values)
@@ -177,6 +183,7 @@ class _ReplyBlock:
     def _fail(self, error: XPCError) -> None:
         if not self._used:
             self._used = True
+            _transactions.end_transaction()
             self._conn._write(self._link, self._link.core.failure(self._seq, error))
 
     def __del__(self) -> None:
@@ -184,6 +191,7 @@ class _ReplyBlock:
             return
         self._used = True
         try:
+            _transactions.end_transaction()
             error = ReplyInvalid(f"the reply block of {self._method.selector!r} was released without being called")
             conn, link, frame = self._conn, self._link, self._link.core.failure(self._seq, error)
             # Never write from a finalizer (it may run while this thread holds the send
@@ -262,6 +270,10 @@ class Connection:
         self._finished = False
         self._queue_lock = threading.Lock()
         self._queue_closed = False
+        # Whoever holds _read_lock reads the socket and decodes frames: the queue thread,
+        # or a synchronous caller reading its own reply.
+        self._read_lock = threading.RLock()
+        self._watch_lock = threading.Lock()
         self._exports: dict[int, tuple[object, Interface]] = {}
         self._remote_interface: Interface | None = None
         self._exported_interface: Interface | None = None
@@ -460,17 +472,18 @@ class Connection:
         """Watch ``link``'s socket for input, or stop. A suspended connection takes its
         socket out of the poll set entirely: epoll reports hang-ups even for a socket
         registered with no events, which would spin on a dead peer."""
-        epoll = self._epoll
-        if epoll is None or link.dead or link.watched == on:
-            return
-        try:
-            if on:
-                epoll.register(link.fd, _EPOLLIN)
-            else:
-                epoll.unregister(link.fd)
-            link.watched = on
-        except (OSError, ValueError):
-            pass
+        with self._watch_lock:
+            epoll = self._epoll
+            if epoll is None or link.dead or link.watched == on:
+                return
+            try:
+                if on:
+                    epoll.register(link.fd, _EPOLLIN)
+                else:
+                    epoll.unregister(link.fd)
+                link.watched = on
+            except (OSError, ValueError):
+                pass
 
     def _on_running(self) -> None:
         self._start_queue()
@@ -588,6 +601,14 @@ class Connection:
             log.exception("nsxpc: a callback on the queue of %s raised", self._describe)
 
     def _on_readable(self) -> None:
+        if not self._read_lock.acquire(blocking=False):
+            return  # a synchronous caller is reading; it hands over what is not its own
+        try:
+            self._read_and_deliver()
+        finally:
+            self._read_lock.release()
+
+    def _read_and_deliver(self) -> None:
         link = self._link
         if link is None or link.dead:
             return
@@ -617,8 +638,12 @@ class Connection:
 
     def _deliver_buffered(self) -> None:
         link = self._link
-        if link is not None and not link.dead:
+        if link is None or link.dead or not self._read_lock.acquire(blocking=False):
+            return
+        try:
             self._deliver(link)
+        finally:
+            self._read_lock.release()
 
     def _deliver(self, link: _Link) -> None:
         core = link.core
@@ -725,8 +750,31 @@ class Connection:
                     "a synchronous call from the connection's own queue would deadlock: "
                     "use remote_object_proxy_with_error_handler there"
                 )
-            self._send_call(target, method, values, call)
-            return self._wait(call, timeout, reply is None)
+            deadline = None if timeout is None else time.monotonic() + timeout
+            link = self._link
+            if (
+                link is not None
+                and link.ready
+                and self._life.running
+                and not self._outbox
+                and self._read_lock.acquire(blocking=False)
+            ):
+                # The caller reads its own reply: no hand-over from the queue thread.
+                try:
+                    self._watch(link, False)
+                    try:
+                        self._send_call(target, method, values, call)
+                        if call.link is link:
+                            self._read_reply(link, call, deadline)
+                    finally:
+                        self._watch(link, True)
+                        if link.core.decoder.buffered and not link.dead:
+                            self._post(self._deliver_buffered)
+                finally:
+                    self._read_lock.release()
+            else:
+                self._send_call(target, method, values, call)
+            return self._wait(call, timeout, deadline, reply is None)
         if timeout is not None:
             call.timer = _timers.schedule(timeout, lambda: self._expire_async(call, timeout))
         self._send_call(target, method, values, call)
@@ -892,10 +940,57 @@ class Connection:
         if self._expire(call):
             self._post(lambda: self._complete(call, None, _timed_out(call, timeout)))
 
-    def _wait(self, call: _Call, timeout: float | None, returns_value: bool) -> Any:
+    def _read_reply(self, link: _Link, call: _Call, deadline: float | None) -> None:
+        """Read frames until ``call`` ends, the deadline passes, or the link fails.
+
+        Called with the read lock held and the socket out of the queue's poll set.
+        Every other event is handed to the queue in order; if any was, the call's
+        own ending is queued after them too (a progress callback sent before a
+        reply is delivered before it). A failing link is left to the queue thread,
+        which ends this call with the other pending ones.
+        """
+        core = link.core
+        handed = False
+        while not call.done:
+            event = core.next_event()
+            if event is None:
+                remaining = -1.0 if deadline is None else (deadline - time.monotonic()) * 1000
+                if deadline is not None and remaining <= 0:
+                    return
+                if not link.poller.poll(remaining):
+                    return
+                try:
+                    chunk = recv_chunk(link.sock, link.buffer)
+                except ConnectionInvalid as exc:
+                    self._post(functools.partial(self._invalidate, exc.message))
+                    return
+                except OSError as exc:
+                    self._post(functools.partial(self._lose_link, link, f"the connection failed: {exc.strerror}"))
+                    return
+                if chunk is None:
+                    continue
+                data, fds = chunk
+                if not data:
+                    for fd in fds:
+                        os.close(fd)
+                    self._post(functools.partial(self._lose_link, link, "the peer closed the connection"))
+                    return
+                core.feed(data, fds)
+                continue
+            if type(event) is Resolved and event.call is call:
+                if handed:
+                    self._post(functools.partial(self._complete, call, event.values, event.error))
+                else:
+                    self._complete(call, event.values, event.error)
+                return
+            handed = True
+            self._post(functools.partial(self._handle, link, event))
+
+    def _wait(self, call: _Call, timeout: float | None, deadline: float | None, returns_value: bool) -> Any:
         waiter = call.waiter
         assert waiter is not None
-        if not waiter.acquire(timeout=-1 if timeout is None else timeout):
+        remaining = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
+        if not waiter.acquire(timeout=remaining):
             if self._expire(call):
                 call.done = True
                 call.outcome = (None, _timed_out(call, timeout))
@@ -936,6 +1031,7 @@ class Connection:
             return
         previous = getattr(_tls, "current", None)
         _tls.current = self
+        _transactions.begin_transaction()  # the service is busy while a message is handled (M3)
         try:
             if reply is None:
                 fn(*event.args)
@@ -950,12 +1046,14 @@ class Connection:
                 reply._fail(RemoteError(f"{type(exc).__name__}: {exc}"))
         finally:
             _tls.current = previous
+            _transactions.end_transaction()
 
     # ------------------------------------------------------------------ losing the peer
 
     def _take_link(self, link: _Link) -> list[PendingCall]:
         """Mark ``link`` dead and take its pending calls (under the send lock)."""
         _shutdown(link.sock)
+        self._watch(link, False)
         with self._send_lock:
             if link.dead:
                 return []
@@ -963,14 +1061,12 @@ class Connection:
             calls = link.core.resolve_all()
             if self._link is link:
                 self._link = None
-        if link.watched and self._epoll is not None:
-            try:
-                self._epoll.unregister(link.fd)
-            except (OSError, ValueError):
-                pass
-        for fd in link.core.decoder.take_fds():
-            os.close(fd)
-        link.sock.close()
+        # A synchronous caller may be reading this socket: the shutdown above woke it,
+        # and it lets go of the read lock at once. Close only then (never under a caller).
+        with self._read_lock:
+            for fd in link.core.decoder.take_fds():
+                os.close(fd)
+            link.sock.close()
         return calls
 
     def _lose_link(self, link: _Link, reason: str) -> None:

@@ -161,8 +161,11 @@ def _exited(pidfd: int) -> bool:
     return bool(poller.poll(0))
 
 
-_SCM = socket.SCM_RIGHTS
-_SEND_FLAGS = socket.MSG_NOSIGNAL
+# Plain ints: the socket module's flag enums cost a microsecond per bitwise operation.
+_SOL_SOCKET = int(socket.SOL_SOCKET)
+_SCM = int(socket.SCM_RIGHTS)
+_SEND_FLAGS = int(socket.MSG_NOSIGNAL)
+_CTRUNC = int(socket.MSG_CTRUNC)
 
 
 def send_frame(sock: socket.socket, frame: bytes, fds: list[int] | tuple[int, ...] = ()) -> None:
@@ -180,7 +183,7 @@ def send_frame(sock: socket.socket, frame: bytes, fds: list[int] | tuple[int, ..
 
 
 _ANC_SPACE = socket.CMSG_SPACE(253 * 4)
-_RECV_FLAGS = socket.MSG_DONTWAIT | getattr(socket, "MSG_CMSG_CLOEXEC", 0)
+_RECV_FLAGS = int(socket.MSG_DONTWAIT) | int(getattr(socket, "MSG_CMSG_CLOEXEC", 0))
 
 
 def recv_chunk(sock: socket.socket, buffer: memoryview) -> tuple[memoryview, list[int]] | None:
@@ -203,10 +206,10 @@ def recv_chunk(sock: socket.socket, buffer: memoryview) -> tuple[memoryview, lis
         return None
     fds: list[int] = []
     for level, kind, payload in ancdata:
-        if level == socket.SOL_SOCKET and kind == _SCM:
+        if level == _SOL_SOCKET and kind == _SCM:
             usable = len(payload) - len(payload) % 4
             fds.extend(array.array("i", payload[:usable]))
-    if flags & socket.MSG_CTRUNC:
+    if flags & _CTRUNC:
         for fd in fds:
             os.close(fd)
         raise ConnectionInvalid("file descriptors were truncated in transit (MSG_CTRUNC)")

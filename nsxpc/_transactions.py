@@ -1,0 +1,71 @@
+"""L4: transactions, what keeps a launched service from exiting when idle
+(``xpc_transaction_begin`` / ``xpc_transaction_end``, ``os_transaction``).
+
+The runtime opens one while an exported method runs and one per reply that is
+still owed (NSXPC M3/M4); user code opens its own with :func:`transaction`.
+A service with none open for ``NSXPCIdleExitSeconds`` exits (see _service).
+The count is process-wide and cheap: one lock, one integer, one timestamp.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+
+__all__ = ["begin_transaction", "end_transaction", "idle_since", "open_transactions", "transaction"]
+
+_lock = threading.Condition(threading.Lock())
+_open = 0
+_idle_since = time.monotonic()
+
+
+def begin_transaction() -> None:
+    """Open a transaction: the service will not exit for idleness until it is ended."""
+    global _open
+    with _lock:
+        _open += 1
+
+
+def end_transaction() -> None:
+    """Close a transaction opened with :func:`begin_transaction`.
+
+    Raises:
+        RuntimeError: no transaction is open.
+    """
+    global _open, _idle_since
+    with _lock:
+        if _open <= 0:
+            raise RuntimeError("end_transaction() without a matching begin_transaction()")
+        _open -= 1
+        if _open == 0:
+            _idle_since = time.monotonic()
+            _lock.notify_all()
+
+
+@contextlib.contextmanager
+def transaction() -> Iterator[None]:
+    """A context manager holding a transaction for its body (``os_transaction``)."""
+    begin_transaction()
+    try:
+        yield
+    finally:
+        end_transaction()
+
+
+def open_transactions() -> int:
+    """How many transactions are open now."""
+    return _open
+
+
+def idle_since() -> float | None:
+    """The ``time.monotonic()`` at which the last transaction closed, or None while one is open."""
+    with _lock:
+        return None if _open else _idle_since
+
+
+def wait_for_change(timeout: float) -> None:
+    """Block until a transaction closes to zero or ``timeout`` seconds pass (for the idle timer)."""
+    with _lock:
+        _lock.wait(timeout)
