@@ -90,7 +90,11 @@ def _no_duplicate_keys(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
     return result
 
 
-_packer_options = {"use_bin_type": True, "datetime": False}
+# Reusable Packers: msgpack.packb builds a Packer (and parses its options) on every
+# call, which costs more than packing a small message. A Packer must not be shared
+# by two threads at once, so each pack takes one from the pool (list.pop and
+# list.append are atomic) and puts it back.
+_packers: list[Any] = []
 
 
 def pack(obj: object) -> bytes:
@@ -100,9 +104,16 @@ def pack(obj: object) -> bytes:
         EncodingError: the tree holds something msgpack cannot carry.
     """
     try:
-        return msgpack.packb(obj, **_packer_options)  # type: ignore[no-any-return]
+        packer = _packers.pop()
+    except IndexError:
+        packer = msgpack.Packer(use_bin_type=True, datetime=False)
+    try:
+        return packer.pack(obj)  # type: ignore[no-any-return]
     except (TypeError, ValueError, OverflowError) as exc:
+        packer.reset()  # a failed pack may leave partial output behind
         raise EncodingError(f"cannot encode value: {exc}") from exc
+    finally:
+        _packers.append(packer)
 
 
 def unpack(data: bytes, node_budget: int, max_container: int) -> Any:

@@ -77,7 +77,14 @@ if TYPE_CHECKING:
 __all__ = ["Connection"]
 
 log = logging.getLogger("nsxpc")
-_tls = threading.local()
+
+
+class _ThreadState(threading.local):
+    current: Connection | None = None  # Connection.current()
+    queue: Connection | None = None  # the connection whose queue this thread is
+
+
+_tls = _ThreadState()
 _EPOLLIN = select.EPOLLIN | select.EPOLLRDHUP
 
 
@@ -396,7 +403,7 @@ class Connection:
     def current() -> Connection | None:
         """The connection whose message (or reply) is being handled on this thread, else None
         (``+[NSXPCConnection currentConnection]``)."""
-        return getattr(_tls, "current", None)
+        return _tls.current
 
     # ------------------------------------------------------------------ proxies
 
@@ -745,7 +752,7 @@ class Connection:
             raise TypeError(f"{method.selector}() needs its reply block {method.reply_name!r}")
         call = _Call(method, target, reply, handler, mode)
         if mode == SYNC:
-            if getattr(_tls, "queue", None) is self:
+            if _tls.queue is self:
                 raise RuntimeError(
                     "a synchronous call from the connection's own queue would deadlock: "
                     "use remote_object_proxy_with_error_handler there"
@@ -907,7 +914,7 @@ class Connection:
             call.outcome = (values, error)
             call.waiter.release()
             return
-        previous = getattr(_tls, "current", None)
+        previous = _tls.current
         _tls.current = self
         try:
             if error is None:
@@ -954,13 +961,13 @@ class Connection:
         while not call.done:
             event = core.next_event()
             if event is None:
-                remaining = -1.0 if deadline is None else (deadline - time.monotonic()) * 1000
-                if deadline is not None and remaining <= 0:
-                    return
-                if not link.poller.poll(remaining):
-                    return
+                if deadline is not None:
+                    remaining = (deadline - time.monotonic()) * 1000
+                    if remaining <= 0 or not link.poller.poll(remaining):
+                        return
                 try:
-                    chunk = recv_chunk(link.sock, link.buffer)
+                    # Without a deadline, wait in recv itself: one system call, not two.
+                    chunk = recv_chunk(link.sock, link.buffer, deadline is None)
                 except ConnectionInvalid as exc:
                     self._post(functools.partial(self._invalidate, exc.message))
                     return
@@ -989,8 +996,9 @@ class Connection:
     def _wait(self, call: _Call, timeout: float | None, deadline: float | None, returns_value: bool) -> Any:
         waiter = call.waiter
         assert waiter is not None
-        remaining = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
-        if not waiter.acquire(timeout=remaining):
+        if call.outcome is not None:
+            pass  # ended already (the caller read its own reply): nothing to wait for
+        elif not waiter.acquire(timeout=-1.0 if deadline is None else max(0.0, deadline - time.monotonic())):
             if self._expire(call):
                 call.done = True
                 call.outcome = (None, _timed_out(call, timeout))
@@ -1005,7 +1013,7 @@ class Connection:
             if not values:
                 return None
             return values[0] if len(values) == 1 else tuple(values)
-        previous = getattr(_tls, "current", None)
+        previous = _tls.current
         _tls.current = self
         try:
             if error is not None:
@@ -1029,9 +1037,12 @@ class Connection:
             if reply is not None:
                 reply._fail(error)
             return
-        previous = getattr(_tls, "current", None)
+        previous = _tls.current
         _tls.current = self
-        _transactions.begin_transaction()  # the service is busy while a message is handled (M3)
+        if reply is None:
+            # The service is busy while a message is handled (M3); a call with a reply
+            # block is covered by the reply's own transaction until it is answered.
+            _transactions.begin_transaction()
         try:
             if reply is None:
                 fn(*event.args)
@@ -1046,7 +1057,8 @@ class Connection:
                 reply._fail(RemoteError(f"{type(exc).__name__}: {exc}"))
         finally:
             _tls.current = previous
-            _transactions.end_transaction()
+            if reply is None:
+                _transactions.end_transaction()
 
     # ------------------------------------------------------------------ losing the peer
 

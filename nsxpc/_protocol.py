@@ -143,15 +143,24 @@ class Refused:
     error: XPCError
 
 
-@attrs.frozen
 class CallReceived:
-    """A well-formed call whose arguments passed their slots. ``seq`` 0 means one-way."""
+    """A well-formed call whose arguments passed their slots. ``seq`` 0 means one-way.
 
-    seq: int
-    target: int
-    obj: object
-    method: MethodSpec
-    args: list[Any]
+    One of the two per-message events: a plain slotted record rather than an attrs
+    class, because it is built for every call (attrs' frozen init costs 3x). Treat it
+    as immutable."""
+
+    __slots__ = ("args", "method", "obj", "seq", "target")
+
+    def __init__(self, seq: int, target: int, obj: object, method: MethodSpec, args: list[Any]) -> None:
+        self.seq = seq
+        self.target = target
+        self.obj = obj
+        self.method = method
+        self.args = args
+
+    def __repr__(self) -> str:
+        return f"CallReceived(seq={self.seq}, target={self.target}, selector={self.method.selector!r})"
 
 
 @attrs.frozen
@@ -163,13 +172,20 @@ class CallRejected:
     error: XPCError
 
 
-@attrs.frozen
 class Resolved:
-    """A pending call ended: with ``values`` (the reply's arguments) or with ``error``."""
+    """A pending call ended: with ``values`` (the reply's arguments) or with ``error``.
 
-    call: PendingCall
-    values: list[Any] | None = None
-    error: XPCError | None = None
+    Built for every reply: a plain slotted record (see CallReceived). Treat it as immutable."""
+
+    __slots__ = ("call", "error", "values")
+
+    def __init__(self, call: PendingCall, values: list[Any] | None = None, error: XPCError | None = None) -> None:
+        self.call = call
+        self.values = values
+        self.error = error
+
+    def __repr__(self) -> str:
+        return f"Resolved(seq={self.call.seq}, values={self.values!r}, error={self.error!r})"
 
 
 @attrs.frozen

@@ -78,7 +78,8 @@ class RemoteProxy:
     object with other error handling.
     """
 
-    __slots__ = ("__weakref__", "_cache", "_conn", "_handler", "_mode", "_target", "_timeout")
+    # No __slots__: a resolved method is cached as an instance attribute, so the next
+    # call finds it without __getattr__ (and re-resolves if the interface changed).
 
     def __init__(
         self,
@@ -97,7 +98,6 @@ class RemoteProxy:
         self._mode = mode
         self._handler = handler
         self._timeout = timeout
-        self._cache: dict[str, tuple[MethodSpec, Callable[..., Any]]] = {}
 
     def __repr__(self) -> str:
         return f"<nsxpc remote proxy ({self._mode}) object {self._target} on {self._conn!r}>"
@@ -105,18 +105,17 @@ class RemoteProxy:
     def __getattr__(self, name: str) -> Callable[..., Any]:
         if name.startswith("_"):
             raise AttributeError(name)
-        method = self._conn._method_for(self._target, name)
-        cached = self._cache.get(name)
-        if cached is not None and cached[0] is method:
-            return cached[1]
         conn, target, mode, handler, timeout = self._conn, self._target, self._mode, self._handler, self._timeout
+        method = conn._method_for(target, name)
+        iface = conn._remote_interface
 
         def call(*args: Any, **kwargs: Any) -> Any:
-            values, reply = bind_arguments(method, args, kwargs)
-            return conn._call(target, method, values, reply, mode, handler, timeout)
+            spec = method if conn._remote_interface is iface else conn._method_for(target, name)
+            values, reply = bind_arguments(spec, args, kwargs)
+            return conn._call(target, spec, values, reply, mode, handler, timeout)
 
         call.__name__ = call.__qualname__ = name
-        self._cache[name] = (method, call)
+        self.__dict__[name] = call
         return call
 
     def __dir__(self) -> list[str]:

@@ -39,12 +39,15 @@ class ConnectionState(enum.Enum):
 class Lifecycle:
     """The suspend count and state of one connection or listener."""
 
-    __slots__ = ("_activated", "_invalid", "_suspends")
+    __slots__ = ("_activated", "_invalid", "_suspends", "running")
 
     def __init__(self) -> None:
         self._suspends = 1
         self._activated = False
         self._invalid = False
+        #: Activated, not suspended, not invalid: messages may flow. A plain attribute,
+        #: recomputed on every transition, because the hot path reads it per message.
+        self.running = False
 
     @property
     def state(self) -> ConnectionState:
@@ -53,11 +56,6 @@ class Lifecycle:
         if not self._activated:
             return ConnectionState.INACTIVE
         return ConnectionState.SUSPENDED if self._suspends else ConnectionState.ACTIVE
-
-    @property
-    def running(self) -> bool:
-        """Activated, not suspended, not invalid: messages may flow."""
-        return self._activated and not self._suspends and not self._invalid
 
     @property
     def activated(self) -> bool:
@@ -79,7 +77,8 @@ class Lifecycle:
             raise RuntimeError("resume() without a matching suspend(): the connection is already running")
         self._suspends -= 1
         self._activated = True
-        return self._suspends == 0
+        self.running = self._suspends == 0
+        return self.running
 
     def activate(self) -> bool:
         """Lift the initial suspension once; later calls do nothing. Returns True when
@@ -91,10 +90,12 @@ class Lifecycle:
     def suspend(self) -> None:
         if not self._invalid:
             self._suspends += 1
+            self.running = False
 
     def invalidate(self) -> bool:
         """Enter INVALID. Returns True only for the call that did it."""
         if self._invalid:
             return False
         self._invalid = True
+        self.running = False
         return True

@@ -16,7 +16,10 @@ from collections.abc import Iterator
 
 __all__ = ["begin_transaction", "end_transaction", "idle_since", "open_transactions", "transaction"]
 
-_lock = threading.Condition(threading.Lock())
+# A plain Lock for the count (a Condition's enter and exit are Python code, paid twice
+# per message); the idle timer waits on its own Condition, notified on the way to zero.
+_lock = threading.Lock()
+_idle = threading.Condition(threading.Lock())
 _open = 0
 _idle_since = time.monotonic()
 
@@ -39,9 +42,12 @@ def end_transaction() -> None:
         if _open <= 0:
             raise RuntimeError("end_transaction() without a matching begin_transaction()")
         _open -= 1
-        if _open == 0:
+        now_idle = _open == 0
+        if now_idle:
             _idle_since = time.monotonic()
-            _lock.notify_all()
+    if now_idle:
+        with _idle:
+            _idle.notify_all()
 
 
 @contextlib.contextmanager
@@ -67,5 +73,5 @@ def idle_since() -> float | None:
 
 def wait_for_change(timeout: float) -> None:
     """Block until a transaction closes to zero or ``timeout`` seconds pass (for the idle timer)."""
-    with _lock:
-        _lock.wait(timeout)
+    with _idle:
+        _idle.wait(timeout)

@@ -183,10 +183,11 @@ def send_frame(sock: socket.socket, frame: bytes, fds: list[int] | tuple[int, ..
 
 
 _ANC_SPACE = socket.CMSG_SPACE(253 * 4)
-_RECV_FLAGS = int(socket.MSG_DONTWAIT) | int(getattr(socket, "MSG_CMSG_CLOEXEC", 0))
+_BLOCKING_RECV_FLAGS = int(getattr(socket, "MSG_CMSG_CLOEXEC", 0))
+_RECV_FLAGS = int(socket.MSG_DONTWAIT) | _BLOCKING_RECV_FLAGS
 
 
-def recv_chunk(sock: socket.socket, buffer: memoryview) -> tuple[memoryview, list[int]] | None:
+def recv_chunk(sock: socket.socket, buffer: memoryview, block: bool = False) -> tuple[memoryview, list[int]] | None:
     """Read what is available into ``buffer`` without blocking.
 
     Reading into a buffer the connection keeps avoids allocating (and for large
@@ -194,14 +195,15 @@ def recv_chunk(sock: socket.socket, buffer: memoryview) -> tuple[memoryview, lis
     round trip itself.
 
     Returns (the filled part of ``buffer``, fds); an empty view at end of
-    stream; None if nothing is ready.
+    stream; None if nothing is ready. With ``block`` it waits for data instead
+    (a shutdown of the socket ends the wait with end of stream).
 
     Raises:
         OSError: the connection failed (ECONNRESET...).
         ConnectionInvalid: the kernel truncated the fds (more than the process may hold).
     """
     try:
-        n, ancdata, flags, _ = sock.recvmsg_into([buffer], _ANC_SPACE, _RECV_FLAGS)
+        n, ancdata, flags, _ = sock.recvmsg_into([buffer], _ANC_SPACE, _BLOCKING_RECV_FLAGS if block else _RECV_FLAGS)
     except (BlockingIOError, InterruptedError):
         return None
     fds: list[int] = []
