@@ -479,9 +479,11 @@ class Connection:
         """Watch ``link``'s socket for input, or stop. A suspended connection takes its
         socket out of the poll set entirely: epoll reports hang-ups even for a socket
         registered with no events, which would spin on a dead peer."""
+        epoll = self._epoll
+        if epoll is None or link.watched == on:
+            return
         with self._watch_lock:
-            epoll = self._epoll
-            if epoll is None or link.dead or link.watched == on:
+            if link.dead or link.watched == on:
                 return
             try:
                 if on:
@@ -654,13 +656,17 @@ class Connection:
 
     def _deliver(self, link: _Link) -> None:
         core = link.core
+        life = self._life
         while link is self._link and not link.dead:
-            if not (self._life.running or core.phase == "hello"):
+            if not (life.running or core.phase == "hello"):
                 return
             event = core.next_event()
             if event is None:
                 return
-            self._handle(link, event)
+            if type(event) is CallReceived:  # the hot kind, without the dispatch below
+                self._invoke_exported(link, event)
+            else:
+                self._handle(link, event)
 
     def _handle(self, link: _Link, event: object) -> None:
         t = type(event)

@@ -51,10 +51,11 @@ class MethodSpec:
     reply_name: str | None
     reply: tuple[SlotType, ...] | None
     defaults: dict[str, object] = attrs.field(factory=dict, eq=False)
+    #: True when the method has a reply block (read per message: a field, not a property).
+    wants_reply: bool = attrs.field(init=False, eq=False)
 
-    @property
-    def wants_reply(self) -> bool:
-        return self.reply is not None
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "wants_reply", self.reply is not None)
 
 
 def _is_callable_annotation(ann: object) -> bool:

@@ -232,6 +232,7 @@ class ConnectionCore:
         self.limits = limits
         self.exports: Exports = exports if exports is not None else {}
         self.decoder = FrameDecoder(limits.max_frame_size, limits.max_fds)
+        self._max_nodes = limits.max_nodes
         #: "hello" (server waits for HELLO), "welcome" (client waits), "open", or "closed".
         self.phase = "welcome" if client else "hello"
         self._pending: dict[int, PendingCall] = {}
@@ -354,9 +355,6 @@ class ConnectionCore:
             events.append(event)
         return events
 
-    def _unpack(self, body: bytes) -> Any:
-        return _codec.unpack(body, self.limits.max_nodes, self.limits.max_nodes)
-
     def _on_frame_with_fds(self, body: bytes, fds: tuple[int, ...]) -> Event | None:
         """Decode a frame that carried fds; close every fd no decoded value took,
         whatever happened to the message (refused, malformed, or delivered)."""
@@ -374,7 +372,7 @@ class ConnectionCore:
     def _on_frame(self, body: bytes, fds: tuple[int, ...]) -> Event | None:
         if self.phase == "hello":
             try:
-                msg = self._unpack(body)
+                msg = _codec.unpack(body, self._max_nodes, self._max_nodes)
                 _messages.check_hello_version(msg)
                 _, _, _, kind, token, info = _messages.check_envelope(msg)
                 if kind != self.kind:
@@ -387,7 +385,7 @@ class ConnectionCore:
                 return BadHello(exc)
             self.phase = "open"
             return HelloReceived(kind, token, info)
-        msg = self._unpack(body)
+        msg = _codec.unpack(body, self._max_nodes, self._max_nodes)
         if type(msg) is list and msg:
             # The two hot kinds are checked inline; everything else through check_envelope.
             kind_ = msg[0]
