@@ -802,3 +802,17 @@ def test_slot_with_classes_on_typed_slot():
     slot = compile_slot(int | None, "where").with_classes(frozenset({int}))
     assert slot.check(1)
     assert not slot.check(None)  # NoneType is no longer listed
+
+
+class Point(typing.TypedDict):
+    x: int
+    y: int
+
+
+def test_annotations_the_compiler_does_not_know_are_checked_by_typeguard() -> None:
+    slot = compile_slot(Point, "test slot")
+    assert slot.classes == PLAIN_TYPES
+    assert slot.check({"x": 1, "y": 2})
+    assert not slot.check({"x": 1, "y": "two"})  # a member fails the TypedDict
+    assert not slot.check({"x": 1})  # a required key is missing
+    assert slot.explain({"x": "1", "y": 2}) is not None
