@@ -14,6 +14,7 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(PY) examples/kitchen/demo.py
+	$(PY) examples/parser/app.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check nsxpc protocols tests examples bench
@@ -29,6 +30,7 @@ test: lint typecheck unit
 
 bench: $(STAMP)
 	$(PY) bench/roundtrip.py
+	$(PY) bench/launch.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -26,7 +26,11 @@ from ._interface import Interface as Interface
 from ._interface import protocol as protocol
 from ._limits import Limits as Limits
 from ._listener import Listener as Listener
+from ._service import main as main
 from ._state import ConnectionState as ConnectionState
+from ._transactions import begin_transaction as begin_transaction
+from ._transactions import end_transaction as end_transaction
+from ._transactions import transaction as transaction
 from ._transport import PeerCredentials as PeerCredentials
 from ._values import ListenerEndpoint as ListenerEndpoint
 
@@ -54,6 +58,10 @@ __all__ = [
     "SecureCoding",
     "TimedOut",
     "XPCError",
+    "begin_transaction",
+    "end_transaction",
+    "main",
     "protocol",
     "secure_coding",
+    "transaction",
 ]

@@ -62,12 +62,14 @@ from ._state import ConnectionState, Lifecycle
 from ._transport import (
     RECV_SIZE,
     PeerCredentials,
+    check_service_name,
     connect_unix,
     is_no_listener,
     peer_credentials,
     recv_chunk,
     send_frame,
     service_socket_path,
+    spawned_credentials,
 )
 from ._values import ListenerEndpoint
 
@@ -86,12 +88,16 @@ class _ThreadState(threading.local):
 
 _tls = _ThreadState()
 _EPOLLIN = select.EPOLLIN | select.EPOLLRDHUP
+# A connection with nothing to deliver but a hang-up (it exports nothing and makes only
+# synchronous calls, whose callers read their own replies) watches for that alone, so
+# its synchronous calls need not take the socket out of the poll set and put it back.
+_EPOLLHUP_ONLY = select.EPOLLRDHUP
 
 
 class _Link:
     """One transport: a connected socket and the protocol core that speaks over it."""
 
-    __slots__ = ("buffer", "core", "creds", "dead", "fd", "poller", "ready", "sock", "watched")
+    __slots__ = ("buffer", "core", "creds", "dead", "fd", "on_close", "poller", "ready", "sock", "watched")
 
     def __init__(self, sock: socket.socket, core: ConnectionCore, creds: PeerCredentials) -> None:
         self.sock = sock
@@ -104,6 +110,7 @@ class _Link:
         # only after its WELCOME (a delegate that calls back while accepting queues).
         self.ready = core.client
         self.watched = False
+        self.on_close: Callable[[], object] | None = None
         # For a synchronous caller that reads its own reply (see Connection._call).
         self.poller = select.poll()
         self.poller.register(self.fd, select.POLLIN)
@@ -254,7 +261,11 @@ class Connection:
             self._interruptible = True
             self._describe = f"the service named {mach_service_name}"
         elif service_name is not None:
-            raise NotImplementedError("services launched on demand are not available yet")
+            check_service_name(service_name)
+            self._path = ""  # known once the service is launched (first message)
+            self._token = b""
+            self._interruptible = True
+            self._describe = f"the service named {service_name}"
         else:
             assert listener_endpoint is not None
             self._path = listener_endpoint.path
@@ -281,6 +292,7 @@ class Connection:
         # or a synchronous caller reading its own reply.
         self._read_lock = threading.RLock()
         self._watch_lock = threading.Lock()
+        self._wants_input = False
         self._exports: dict[int, tuple[object, Interface]] = {}
         self._remote_interface: Interface | None = None
         self._exported_interface: Interface | None = None
@@ -305,6 +317,7 @@ class Connection:
         self._creds = creds
         self._describe = f"the connection from pid {creds.pid}"
         core = ConnectionCore(client=False, exports=self._exports, limits=limits)
+        self._wants_input = True  # a listener's side always has messages to deliver
         self._link = _Link(sock, core, creds)
         self._ever_connected = True
         self._handshake_deadline = time.monotonic() + limits.handshake_timeout
@@ -358,6 +371,7 @@ class Connection:
     def _update_exports(self) -> None:
         if self._exported_object is not None and self._exported_interface is not None and not self._life.invalid:
             self._exports[_messages.ROOT_OBJECT] = (self._exported_object, self._exported_interface)
+            self._want_input()
         else:
             self._exports.pop(_messages.ROOT_OBJECT, None)
 
@@ -487,12 +501,26 @@ class Connection:
                 return
             try:
                 if on:
-                    epoll.register(link.fd, _EPOLLIN)
+                    epoll.register(link.fd, _EPOLLIN if self._wants_input else _EPOLLHUP_ONLY)
                 else:
                     epoll.unregister(link.fd)
                 link.watched = on
             except (OSError, ValueError):
                 pass
+
+    def _want_input(self) -> None:
+        """From now on the queue thread reads everything that arrives (sticky): the
+        connection exports an object, or has replies to deliver on its queue."""
+        if self._wants_input:
+            return
+        with self._watch_lock:
+            self._wants_input = True
+            link, epoll = self._link, self._epoll
+            if link is not None and link.watched and not link.dead and epoll is not None:
+                try:
+                    epoll.modify(link.fd, _EPOLLIN)
+                except OSError:
+                    pass
 
     def _on_running(self) -> None:
         self._start_queue()
@@ -500,7 +528,9 @@ class Connection:
         if link is not None:
             self._watch(link, True)
         with self._send_lock:
-            self._flush(eager=not self._ever_connected)
+            # A named service or endpoint is looked up at resume (L1/L2); a service
+            # launched on demand is launched by the first message, not by resume().
+            self._flush(eager=not self._ever_connected and self.service_name is None)
         self._post(self._deliver_buffered)
 
     def invalidate(self) -> None:
@@ -626,24 +656,33 @@ class Connection:
             # bytes in the kernel, which pushes back on the peer, until resume().
             self._watch(link, False)
             return
+        received = self._receive(link)
+        if received is True:
+            self._deliver(link)
+        elif received is not False:
+            received()
+
+    def _receive(self, link: _Link, block: bool = False) -> bool | Callable[[], object]:
+        """Read once from ``link`` into its core (the caller holds the read lock).
+
+        Returns True when bytes arrived, False when none were ready, or the action
+        that ends the link (end of stream, a failure), which must run on the queue.
+        """
         try:
-            chunk = recv_chunk(link.sock, link.buffer)
+            chunk = recv_chunk(link.sock, link.buffer, block)
         except ConnectionInvalid as exc:
-            self._invalidate(exc.message)
-            return
+            return functools.partial(self._invalidate, exc.message)
         except OSError as exc:
-            self._lose_link(link, f"the connection failed: {exc.strerror}")
-            return
+            return functools.partial(self._lose_link, link, f"the connection failed: {exc.strerror}")
         if chunk is None:
-            return
+            return False
         data, fds = chunk
         if not data:
             for fd in fds:
                 os.close(fd)
-            self._lose_link(link, "the peer closed the connection")
-            return
+            return functools.partial(self._lose_link, link, "the peer closed the connection")
         link.core.feed(data, fds)
-        self._deliver(link)
+        return True
 
     def _deliver_buffered(self) -> None:
         link = self._link
@@ -773,21 +812,26 @@ class Connection:
                 and self._read_lock.acquire(blocking=False)
             ):
                 # The caller reads its own reply: no hand-over from the queue thread.
+                unwatch = self._wants_input
                 try:
-                    self._watch(link, False)
+                    if unwatch:
+                        self._watch(link, False)
                     try:
                         self._send_call(target, method, values, call)
                         if call.link is link:
                             self._read_reply(link, call, deadline)
                     finally:
-                        self._watch(link, True)
+                        if unwatch:
+                            self._watch(link, True)
                         if link.core.decoder.buffered and not link.dead:
                             self._post(self._deliver_buffered)
                 finally:
                     self._read_lock.release()
             else:
+                self._want_input()  # the queue thread will read this reply
                 self._send_call(target, method, values, call)
             return self._wait(call, timeout, deadline, reply is None)
+        self._want_input()
         if timeout is not None:
             call.timer = _timers.schedule(timeout, lambda: self._expire_async(call, timeout))
         self._send_call(target, method, values, call)
@@ -853,6 +897,12 @@ class Connection:
         Raises:
             XPCError: nobody listens, or the connection failed.
         """
+        service = None
+        if self.service_name is not None:
+            from ._launcher import launch_service  # imported on first use: most processes launch nothing
+
+            service = launch_service(self.service_name)  # raises XPCError naming the service
+            self._path = service.socket_path
         try:
             sock = connect_unix(self._path)
         except OSError as exc:
@@ -861,6 +911,11 @@ class Connection:
             raise ConnectionInvalid(f"cannot connect to {self._describe}: {exc.strerror}") from exc
         try:
             creds = peer_credentials(sock)
+            if service is not None and service.pid is not None and creds.pid != service.pid:
+                # SO_PEERCRED names whoever last called listen(): a service re-listens
+                # when it starts, but one that has not yet still shows the launcher,
+                # this very process. A service we spawned is then known by its spawn.
+                creds = spawned_credentials(service.pid)
             core = ConnectionCore(client=True, exports=self._exports, limits=self._limits)
             link = _Link(sock, core, creds)
             send_frame(sock, core.hello(self._token))
@@ -870,13 +925,21 @@ class Connection:
         self._creds = creds
         self._link = link
         self._ever_connected = True
+        if service is not None:
+            # The launcher sees the service die through its pidfd, even when a leaked
+            # copy of the socket keeps end-of-stream from arriving (research 5.4).
+            def exited(reason: str, link: _Link = link) -> None:
+                self._post(functools.partial(self._lose_link, link, reason))
+
+            service.add_exit_callback(exited)
+            link.on_close = functools.partial(service.remove_exit_callback, exited)
         if self._life.running:
             self._watch(link, True)
         return link
 
     def _connect_failed(self, err: XPCError) -> None:
         """Called with ``_send_lock`` held."""
-        if not self._ever_connected or not self._interruptible:
+        if (not self._ever_connected or not self._interruptible) and not err.can_retry:
             # The first attempt (or an endpoint): the connection can never be formed.
             log.warning("nsxpc: %s", err.message)
             self._life_invalidate_later(err.message)
@@ -971,24 +1034,11 @@ class Connection:
                     remaining = (deadline - time.monotonic()) * 1000
                     if remaining <= 0 or not link.poller.poll(remaining):
                         return
-                try:
-                    # Without a deadline, wait in recv itself: one system call, not two.
-                    chunk = recv_chunk(link.sock, link.buffer, deadline is None)
-                except ConnectionInvalid as exc:
-                    self._post(functools.partial(self._invalidate, exc.message))
+                # Without a deadline, wait in recv itself: one system call, not two.
+                received = self._receive(link, deadline is None)
+                if received is not True and received is not False:
+                    self._post(received)  # the queue thread ends the link, and with it this call
                     return
-                except OSError as exc:
-                    self._post(functools.partial(self._lose_link, link, f"the connection failed: {exc.strerror}"))
-                    return
-                if chunk is None:
-                    continue
-                data, fds = chunk
-                if not data:
-                    for fd in fds:
-                        os.close(fd)
-                    self._post(functools.partial(self._lose_link, link, "the peer closed the connection"))
-                    return
-                core.feed(data, fds)
                 continue
             if type(event) is Resolved and event.call is call:
                 if handed:
@@ -1085,6 +1135,8 @@ class Connection:
             for fd in link.core.decoder.take_fds():
                 os.close(fd)
             link.sock.close()
+        if link.on_close is not None:
+            link.on_close()
         return calls
 
     def _lose_link(self, link: _Link, reason: str) -> None:

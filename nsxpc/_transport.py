@@ -153,6 +153,28 @@ def peer_credentials(sock: socket.socket) -> PeerCredentials:
     return PeerCredentials(pid=pid, uid=uid, gid=gid, executable=executable)
 
 
+def spawned_credentials(pid: int) -> PeerCredentials:
+    """The identity of a process this process spawned (a launched service): its pid
+    from the spawn, our own effective ids (the launcher runs services as us), and its
+    executable read while its pidfd shows it alive."""
+    executable: str | None = None
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        pidfd = -1
+    if pidfd >= 0:
+        try:
+            if not _exited(pidfd):
+                exe = os.readlink(f"/proc/{pid}/exe")
+                if not _exited(pidfd):
+                    executable = exe
+        except OSError:
+            pass
+        finally:
+            os.close(pidfd)
+    return PeerCredentials(pid=pid, uid=os.geteuid(), gid=os.getegid(), executable=executable)
+
+
 def _exited(pidfd: int) -> bool:
     import select
 

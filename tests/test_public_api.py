@@ -34,8 +34,12 @@ EXPECTED = {
     "SecureCoding",
     "TimedOut",
     "XPCError",
+    "begin_transaction",
+    "end_transaction",
+    "main",
     "protocol",
     "secure_coding",
+    "transaction",
 }
 
 SANS_IO = [
