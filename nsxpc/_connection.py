@@ -92,12 +92,14 @@ _EPOLLIN = select.EPOLLIN | select.EPOLLRDHUP
 # synchronous calls, whose callers read their own replies) watches for that alone, so
 # its synchronous calls need not take the socket out of the poll set and put it back.
 _EPOLLHUP_ONLY = select.EPOLLRDHUP
+#: How long a refused connect waits for a dying service instance to be reported gone.
+_DYING_GRACE = 2.0
 
 
 class _Link:
     """One transport: a connected socket and the protocol core that speaks over it."""
 
-    __slots__ = ("buffer", "core", "creds", "dead", "fd", "on_close", "poller", "ready", "sock", "watched")
+    __slots__ = ("buffer", "core", "creds", "dead", "fd", "on_close", "poller", "ready", "service", "sock", "watched")
 
     def __init__(self, sock: socket.socket, core: ConnectionCore, creds: PeerCredentials) -> None:
         self.sock = sock
@@ -111,6 +113,7 @@ class _Link:
         self.ready = core.client
         self.watched = False
         self.on_close: Callable[[], object] | None = None
+        self.service: Any = None  # the LaunchedService behind a service_name connection
         # For a synchronous caller that reads its own reply (see Connection._call).
         self.poller = select.poll()
         self.poller.register(self.fd, select.POLLIN)
@@ -904,7 +907,16 @@ class Connection:
             service = launch_service(self.service_name)  # raises XPCError naming the service
             self._path = service.socket_path
         try:
-            sock = connect_unix(self._path)
+            try:
+                sock = connect_unix(self._path)
+            except OSError as exc:
+                if service is None or not is_no_listener(exc) or not service.wait_for_exit(_DYING_GRACE):
+                    raise
+                # The instance was dying: its socket closed before its exit was reported.
+                assert self.service_name is not None
+                service = launch_service(self.service_name)
+                self._path = service.socket_path
+                sock = connect_unix(self._path)
         except OSError as exc:
             if is_no_listener(exc):
                 raise ConnectionInvalid(f"no listener for {self._describe}") from exc
@@ -933,6 +945,7 @@ class Connection:
 
             service.add_exit_callback(exited)
             link.on_close = functools.partial(service.remove_exit_callback, exited)
+            link.service = service
         if self._life.running:
             self._watch(link, True)
         return link
@@ -1143,6 +1156,17 @@ class Connection:
         """On the queue: the peer went away (EOF, reset, write failure)."""
         if link.dead or link is not self._link:
             return
+        # What the peer said before it went (a REFUSE racing our write, the last
+        # replies) is delivered first: a broken pipe must not hide the reason.
+        with self._read_lock:
+            for _ in range(64):
+                if link.dead or link is not self._link or self._receive(link) is not True:
+                    break
+                self._deliver(link)
+        if link.dead or link is not self._link:
+            return
+        if link.service is not None and link.service.exit_reason:
+            reason = f"{reason} ({link.service.exit_reason})"
         unread = link.core.decoder.buffered
         if unread and link.core.phase != "closed":
             log.warning("nsxpc: %s closed in the middle of a frame (%d bytes unread)", self._describe, unread)

@@ -235,6 +235,16 @@ class LaunchedService:
         with self._lock, contextlib.suppress(ValueError):
             self._callbacks.remove(cb)
 
+    def wait_for_exit(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for this instance to finish exiting; True if it did.
+
+        A dying process closes its sockets before its pidfd reports the exit, so a
+        client can see end-of-stream (and a refused connect) a moment before the
+        launcher knows the instance is gone."""
+        if self._pidfd >= 0 and self._exit_reason is None:
+            _readable(self._pidfd, timeout)
+        return not self._alive()
+
     def _alive(self) -> bool:
         """True while the instance runs; reaps it (and runs its callbacks) if it just died."""
         if self._exit_reason is not None:
@@ -980,8 +990,8 @@ def _remove_stale_user_files(rt: str, name: str) -> None:
         os.close(launch_fd)
 
 
-def _readable(fd: int) -> bool:
-    """True if ``fd`` (a pidfd) reports its process has exited."""
+def _readable(fd: int, timeout: float = 0.0) -> bool:
+    """True if ``fd`` (a pidfd) reports its process has exited, waiting up to ``timeout`` seconds."""
     poller = select.poll()
     poller.register(fd, select.POLLIN)
-    return bool(poller.poll(0))
+    return bool(poller.poll(timeout * 1000))
