@@ -184,24 +184,43 @@ def wire_name(cls: type) -> str:
 # --------------------------------------------------------------------------- contexts
 
 
-@attrs.define(slots=True)
 class EncodeContext:
-    """State of one message being encoded: the fds it carries, proxies it exports."""
+    """State of one message being encoded: the fds it carries, proxies it exports.
 
-    max_depth: int = 32
-    fds: list[int] = attrs.Factory(list)
-    export_object: Callable[[object, Any], int] | None = None
+    (Plain classes here and below, not attrs: these are built per message, and attrs
+    classes cost compile time at import, which every launched service pays.)"""
+
+    __slots__ = ("export_object", "fds", "max_depth")
+
+    def __init__(
+        self,
+        max_depth: int = 32,
+        fds: list[int] | None = None,
+        export_object: Callable[[object, Any], int] | None = None,
+    ) -> None:
+        self.max_depth = max_depth
+        self.fds: list[int] = [] if fds is None else fds
+        self.export_object = export_object
 
 
-@attrs.define(slots=True)
 class DecodeContext:
     """State of one message being decoded: its fds, depth and value budgets."""
 
-    fds: tuple[int, ...] = ()
-    max_depth: int = 32
-    nodes_left: int = 65_536
-    max_container: int = 65_536
-    import_proxy: Callable[[int, Any], object] | None = None
+    __slots__ = ("fds", "import_proxy", "max_container", "max_depth", "nodes_left")
+
+    def __init__(
+        self,
+        fds: tuple[int, ...] = (),
+        max_depth: int = 32,
+        nodes_left: int = 65_536,
+        max_container: int = 65_536,
+        import_proxy: Callable[[int, Any], object] | None = None,
+    ) -> None:
+        self.fds = fds
+        self.max_depth = max_depth
+        self.nodes_left = nodes_left
+        self.max_container = max_container
+        self.import_proxy = import_proxy
 
     def unpack(self, data: bytes) -> Any:
         """Unpack an extension payload under the message's remaining budget.
@@ -283,12 +302,22 @@ def encode_value(value: object, ctx: EncodeContext, depth: int = 0) -> object:
 # --------------------------------------------------------------------------- decoding
 
 
-@attrs.frozen
 class Allowed:
     """An allowlist ready for decoding: exact types, and custom classes by wire name."""
 
-    types: frozenset[type]
-    names: Mapping[str, type]
+    __slots__ = ("names", "types")
+
+    def __init__(self, types: frozenset[type], names: Mapping[str, type]) -> None:
+        self.types = types
+        self.names = names
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Allowed) and (self.types, dict(self.names)) == (other.types, dict(other.names))
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Allowed({{{self.describe()}}})"
 
     @classmethod
     def of(cls, classes: Iterable[type]) -> Allowed:

@@ -31,7 +31,6 @@ from __future__ import annotations
 import atexit
 import errno
 import fcntl
-import logging
 import os
 import socket
 import threading
@@ -41,13 +40,13 @@ from typing import Any
 from ._connection import Connection
 from ._errors import ErrorCode, XPCError
 from ._limits import DEFAULT_LIMITS, Limits
+from ._log import log
 from ._state import Lifecycle
 from ._transport import check_socket_path, connect_unix, runtime_dir, service_socket_path
 from ._values import ListenerEndpoint
 
 __all__ = ["Listener"]
 
-log = logging.getLogger("nsxpc")
 #: Large enough that 1,000 simultaneous connects all succeed (asyncio's 100 lost 899).
 BACKLOG = 4096
 _live: weakref.WeakSet[Listener] = weakref.WeakSet()

@@ -26,8 +26,6 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import attrs
-
 from . import _codec, _messages
 from ._coding import DecodeContext, EncodeContext, SlotType, decode_value, encode_value
 from ._errors import DecodingError, EncodingError, ProtocolError, ReplyInvalid, XPCError, error_for_code
@@ -113,42 +111,66 @@ class PendingCall:
         self.seq = 0
 
 
-@attrs.frozen
-class HelloReceived:
+class _Event:
+    """Base of the core's events: plain slotted records, compared by value.
+
+    Not attrs classes: attrs compiles methods for each class when the module is
+    imported, and every launched service pays for ``import nsxpc``. Treat events
+    as immutable.
+    """
+
+    __slots__: tuple[str, ...] = ()
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and all(getattr(self, f) == getattr(other, f) for f in self.__slots__)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{f}={getattr(self, f)!r}" for f in self.__slots__)
+        return f"{type(self).__name__}({fields})"
+
+
+class HelloReceived(_Event):
     """Server side: a client opened with a valid handshake."""
 
-    kind: str
-    token: bytes
-    info: dict[str, Any]
+    __slots__ = ("info", "kind", "token")
+
+    def __init__(self, kind: str, token: bytes, info: dict[str, Any]) -> None:
+        self.kind = kind
+        self.token = token
+        self.info = info
 
 
-@attrs.frozen
-class BadHello:
+class BadHello(_Event):
     """Server side: the first frame was not an acceptable HELLO; refuse with ``error``."""
 
-    error: ProtocolError
+    __slots__ = ("error",)
+
+    def __init__(self, error: ProtocolError) -> None:
+        self.error = error
 
 
-@attrs.frozen
-class Welcomed:
+class Welcomed(_Event):
     """Client side: the listener accepted the connection."""
 
-    info: dict[str, Any]
+    __slots__ = ("info",)
+
+    def __init__(self, info: dict[str, Any]) -> None:
+        self.info = info
 
 
-@attrs.frozen
-class Refused:
+class Refused(_Event):
     """Client side: the listener refused the connection (it closes next)."""
 
-    error: XPCError
+    __slots__ = ("error",)
+
+    def __init__(self, error: XPCError) -> None:
+        self.error = error
 
 
-class CallReceived:
-    """A well-formed call whose arguments passed their slots. ``seq`` 0 means one-way.
-
-    One of the two per-message events: a plain slotted record rather than an attrs
-    class, because it is built for every call (attrs' frozen init costs 3x). Treat it
-    as immutable."""
+class CallReceived(_Event):
+    """A well-formed call whose arguments passed their slots. ``seq`` 0 means one-way."""
 
     __slots__ = ("args", "method", "obj", "seq", "target")
 
@@ -159,23 +181,20 @@ class CallReceived:
         self.method = method
         self.args = args
 
-    def __repr__(self) -> str:
-        return f"CallReceived(seq={self.seq}, target={self.target}, selector={self.method.selector!r})"
 
-
-@attrs.frozen
-class CallRejected:
+class CallRejected(_Event):
     """A call that cannot be delivered. If ``seq`` is not 0 the caller must get ``error``."""
 
-    seq: int
-    selector: str
-    error: XPCError
+    __slots__ = ("error", "selector", "seq")
+
+    def __init__(self, seq: int, selector: str, error: XPCError) -> None:
+        self.seq = seq
+        self.selector = selector
+        self.error = error
 
 
-class Resolved:
-    """A pending call ended: with ``values`` (the reply's arguments) or with ``error``.
-
-    Built for every reply: a plain slotted record (see CallReceived). Treat it as immutable."""
+class Resolved(_Event):
+    """A pending call ended: with ``values`` (the reply's arguments) or with ``error``."""
 
     __slots__ = ("call", "error", "values")
 
@@ -184,22 +203,23 @@ class Resolved:
         self.values = values
         self.error = error
 
-    def __repr__(self) -> str:
-        return f"Resolved(seq={self.call.seq}, values={self.values!r}, error={self.error!r})"
 
-
-@attrs.frozen
-class Released:
+class Released(_Event):
     """The peer dropped its proxy to one of our exported objects."""
 
-    target: int
+    __slots__ = ("target",)
+
+    def __init__(self, target: int) -> None:
+        self.target = target
 
 
-@attrs.frozen
-class Violation:
+class Violation(_Event):
     """The peer broke the protocol; the connection must be invalidated."""
 
-    error: ProtocolError
+    __slots__ = ("error",)
+
+    def __init__(self, error: ProtocolError) -> None:
+        self.error = error
 
 
 ProxyImporter = Callable[[int, Any], object]

@@ -30,7 +30,6 @@ Invariants:
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import sys
@@ -39,12 +38,13 @@ import time
 from typing import Any, NoReturn
 
 from . import _transactions
-from ._bundle import DEFAULT_IDLE_EXIT_SECONDS
 from ._listener import Listener
+from ._log import log
+
+# Info.plist's default (nsxpc._bundle), repeated so that importing nsxpc need not load plistlib.
+_DEFAULT_IDLE_EXIT_SECONDS = 30.0
 
 __all__ = ["main"]
-
-log = logging.getLogger("nsxpc")
 
 
 def main(delegate: Any = None) -> NoReturn:
@@ -112,11 +112,11 @@ def main(delegate: Any = None) -> NoReturn:
 def _idle_seconds() -> float:
     text = os.environ.get("NSXPC_IDLE_EXIT_SECONDS", "")
     try:
-        value = float(text) if text else DEFAULT_IDLE_EXIT_SECONDS
+        value = float(text) if text else _DEFAULT_IDLE_EXIT_SECONDS
     except ValueError:
         log.warning("nsxpc: ignoring NSXPC_IDLE_EXIT_SECONDS=%r (not a number)", text)
-        return DEFAULT_IDLE_EXIT_SECONDS
-    return value if value > 0 else DEFAULT_IDLE_EXIT_SECONDS
+        return _DEFAULT_IDLE_EXIT_SECONDS
+    return value if value > 0 else _DEFAULT_IDLE_EXIT_SECONDS
 
 
 def _watch_idle(seconds: float, on_idle: Any) -> None:

@@ -71,6 +71,8 @@ def runtime_dir() -> str:
     if not path:
         xdg = os.environ.get("XDG_RUNTIME_DIR")
         path = os.path.join(xdg, "nsxpc") if xdg else f"/tmp/nsxpc-{os.getuid()}"
+    if path in _verified:
+        return path
     try:
         os.makedirs(path, mode=0o700, exist_ok=True)
         st = os.lstat(path)
@@ -82,7 +84,13 @@ def runtime_dir() -> str:
         raise XPCError(f"nsxpc runtime directory {path} belongs to uid {st.st_uid}, not to us")
     if stat.S_IMODE(st.st_mode) & 0o077:
         os.chmod(path, 0o700)
+    # Checked once per process: a folder we own, in a place others cannot rename it
+    # from under us, stays ours; each connection need not pay two system calls again.
+    _verified.add(path)
     return path
+
+
+_verified: set[str] = set()
 
 
 def check_service_name(name: str) -> None:
