@@ -97,7 +97,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._bundle import BundleError, ServiceBundle, find_service
 from ._errors import ConnectionInterrupted, ConnectionInvalid
-from ._transport import check_service_name, check_socket_path, runtime_dir
+from ._transport import check_service_name, check_socket_path, runtime_dir, try_flock
 
 if TYPE_CHECKING:
     import subprocess
@@ -604,7 +604,7 @@ def _launch_user(launcher: _Launcher, bundle: ServiceBundle, throttle: _Throttle
     except ValueError as exc:
         raise LaunchError(f"cannot launch the service {name}: {exc}", service_name=name) from None
     with _flock(os.path.join(rt, f"{name}.launch")):
-        lock_fd = _try_lock(_user_lock_path(rt, name))
+        lock_fd = try_flock(_user_lock_path(rt, name))
         if lock_fd < 0:
             # A live instance holds the name: reach it (launched by another process, or by us earlier).
             return _attach_user(rt, name, path)
@@ -901,21 +901,8 @@ def _flock(path: str) -> Iterator[int]:
         os.close(fd)
 
 
-def _try_lock(path: str) -> int:
-    """An fd holding an exclusive flock on ``path``, or -1 if somebody else holds it."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        os.close(fd)
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-            return -1
-        raise
-    return fd
-
-
 def _name_lock_held(path: str) -> bool:
-    fd = _try_lock(path)
+    fd = try_flock(path)
     if fd < 0:
         return True
     os.close(fd)
@@ -973,11 +960,11 @@ def _attach_user(rt: str, name: str, path: str) -> LaunchedService:
 
 def _remove_stale_user_files(rt: str, name: str) -> None:
     """After our User instance died: remove its socket and pid file if nobody has taken the name since."""
-    launch_fd = _try_lock(os.path.join(rt, f"{name}.launch"))
+    launch_fd = try_flock(os.path.join(rt, f"{name}.launch"))
     if launch_fd < 0:
         return  # somebody is launching it right now
     try:
-        lock_fd = _try_lock(_user_lock_path(rt, name))
+        lock_fd = try_flock(_user_lock_path(rt, name))
         if lock_fd < 0:
             return
         try:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import atexit
 import errno
-import fcntl
 import os
 import socket
 import threading
@@ -42,7 +41,7 @@ from ._errors import ErrorCode, XPCError
 from ._limits import DEFAULT_LIMITS, Limits
 from ._log import log
 from ._state import Lifecycle
-from ._transport import check_socket_path, connect_unix, runtime_dir, service_socket_path
+from ._transport import check_socket_path, connect_unix, runtime_dir, service_socket_path, try_flock
 from ._values import ListenerEndpoint
 
 __all__ = ["Listener"]
@@ -289,18 +288,12 @@ class Listener:
         _live.add(self)
 
     def _take_name(self) -> None:
-        lock_path = self._path[: -len(".sock")] + ".lock"
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise XPCError(
-                    f"the service name {self.mach_service_name} is already served by a live process",
-                    code=ErrorCode.CONNECTION_INVALID,
-                ) from None
-            raise
+        fd = try_flock(self._path[: -len(".sock")] + ".lock")
+        if fd < 0:
+            raise XPCError(
+                f"the service name {self.mach_service_name} is already served by a live process",
+                code=ErrorCode.CONNECTION_INVALID,
+            )
         self._lock_fd = fd
 
     def _release_name(self) -> None:

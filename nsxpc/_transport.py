@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import array
 import errno
+import fcntl
 import os
 import socket
 import stat
@@ -30,6 +31,7 @@ __all__ = [
     "runtime_dir",
     "send_frame",
     "service_socket_path",
+    "try_flock",
 ]
 
 #: Linux's SO_PEERPIDFD (6.5+); Python 3.11 lacks the constant.
@@ -246,6 +248,21 @@ def recv_chunk(sock: socket.socket, buffer: memoryview, block: bool = False) -> 
             os.close(fd)
         raise ConnectionInvalid("file descriptors were truncated in transit (MSG_CTRUNC)")
     return buffer[:n], fds
+
+
+def try_flock(path: str) -> int:
+    """An fd holding an exclusive flock on ``path`` (created 0600), or -1 if another
+    process holds it. The kernel drops the lock when its holder dies, however it dies:
+    that is how a name's liveness is known without trusting a pid file."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return -1
+        raise
+    return fd
 
 
 def is_no_listener(exc: OSError) -> bool:
