@@ -38,7 +38,7 @@ __all__ = [
 SO_PEERPIDFD = getattr(socket, "SO_PEERPIDFD", 77)
 _UCRED = struct.Struct("3i")
 _MAX_SUN_PATH = 107
-RECV_SIZE = 256 * 1024
+RECV_SIZE = 64 * 1024
 
 
 @attrs.frozen
