@@ -124,7 +124,7 @@ def _watch_idle(seconds: float, on_idle: Any) -> None:
     while True:
         since = _transactions.idle_since()
         if since is None:
-            _transactions.wait_for_change(seconds)  # busy: wake when the last transaction ends
+            _transactions.wait_for_change(seconds, while_busy=True)  # wake when the last one ends
             continue
         left = since + seconds - time.monotonic()
         if left <= 0:

@@ -22,6 +22,7 @@ _lock = threading.Lock()
 _idle = threading.Condition(threading.Lock())
 _open = 0
 _idle_since = time.monotonic()
+_watchers = 0  # threads in wait_for_change
 
 
 def begin_transaction() -> None:
@@ -45,7 +46,9 @@ def end_transaction() -> None:
         now_idle = _open == 0
         if now_idle:
             _idle_since = time.monotonic()
-    if now_idle:
+    if now_idle and _watchers:
+        # Only a launched service's idle timer waits here; everywhere else the
+        # Condition (Python code on every reply) is skipped.
         with _idle:
             _idle.notify_all()
 
@@ -71,7 +74,17 @@ def idle_since() -> float | None:
         return None if _open else _idle_since
 
 
-def wait_for_change(timeout: float) -> None:
-    """Block until a transaction closes to zero or ``timeout`` seconds pass (for the idle timer)."""
+def wait_for_change(timeout: float, while_busy: bool = False) -> None:
+    """Block until a transaction closes to zero or ``timeout`` seconds pass (for the idle timer).
+
+    With ``while_busy``, return at once if none is open any more (the last one may
+    have closed before this waiter was counted, and so not have notified it)."""
+    global _watchers
     with _idle:
-        _idle.wait(timeout)
+        _watchers += 1
+        try:
+            if while_busy and _open == 0:
+                return
+            _idle.wait(timeout)
+        finally:
+            _watchers -= 1
