@@ -57,13 +57,15 @@ def encode_frame(body: bytes, nfds: int = 0) -> bytes:
 class FrameDecoder:
     """Splits a byte stream (and the fds received with it) into frames."""
 
-    __slots__ = ("_buf", "_dead", "_fds", "_pos", "max_fds", "max_frame_size")
+    __slots__ = ("_dead", "_fds", "_pos", "buf", "max_fds", "max_frame_size")
 
     def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, max_fds: int = DEFAULT_MAX_FDS) -> None:
         self.max_frame_size = max_frame_size
         self.max_fds = max_fds
-        self._buf = bytearray()
-        self._pos = 0  # start of the first unconsumed byte in _buf
+        #: Bytes received and not yet consumed (read-only outside this class; empty
+        #: when every frame has been taken, which the core checks before decoding).
+        self.buf = bytearray()
+        self._pos = 0  # start of the first unconsumed byte in buf
         self._fds: deque[int] = deque()
         self._dead = False
 
@@ -71,7 +73,7 @@ class FrameDecoder:
         """Append received bytes and the fds that arrived with them."""
         if self._dead:
             raise ProtocolError("frame decoder used after a framing error")
-        self._buf += data
+        self.buf += data
         if fds:
             self._fds.extend(fds)
 
@@ -84,7 +86,7 @@ class FrameDecoder:
     @property
     def buffered(self) -> int:
         """Bytes received but not yet returned as a frame."""
-        return len(self._buf) - self._pos
+        return len(self.buf) - self._pos
 
     def next_frame(self) -> Frame | None:
         """Return the next complete frame, or None if more bytes are needed.
@@ -98,7 +100,7 @@ class FrameDecoder:
         """
         if self._dead:
             raise ProtocolError("frame decoder used after a framing error")
-        buf, pos = self._buf, self._pos
+        buf, pos = self.buf, self._pos
         size = len(buf)
         if size - pos < 8:
             self._compact()
@@ -129,7 +131,7 @@ class FrameDecoder:
     def _compact(self) -> None:
         # Drop consumed bytes only when waiting for more: one memmove per read, not per frame.
         if self._pos:
-            del self._buf[: self._pos]
+            del self.buf[: self._pos]
             self._pos = 0
 
     def _fail(self, reason: str) -> None:

@@ -351,9 +351,12 @@ class ConnectionCore:
         that sets the interface while handling HELLO governs the frames after it).
         After a :class:`Violation` the core is closed and returns None.
         """
+        decoder = self.decoder
         while self.phase != "closed":
+            if not decoder.buf:
+                return None  # nothing buffered: the common case after each message
             try:
-                frame = self.decoder.next_frame()
+                frame = decoder.next_frame()
                 if frame is None:
                     return None
                 if frame.fds:
