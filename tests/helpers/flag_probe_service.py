@@ -23,11 +23,9 @@ from typing import Any
 
 sys.path.insert(0, os.environ["PROBE_ROOT"])
 
-record = os.environ.get("PROBE_RECORD")
-if record:
-    fd = os.open(record, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    os.write(fd, f"{os.getpid()}\n".encode())
-    os.close(fd)
+from tests.helpers.launch_record import record_launch
+
+record_launch()
 
 flags = os.environ["PROBE_FLAGS"]
 if os.path.exists(os.path.join(flags, "crash-at-start")):

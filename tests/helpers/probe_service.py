@@ -12,11 +12,9 @@ import sys
 
 sys.path.insert(0, os.environ["PROBE_ROOT"])
 
-record = os.environ.get("PROBE_RECORD")
-if record:
-    fd = os.open(record, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    os.write(fd, f"{os.getpid()}\n".encode())
-    os.close(fd)
+from tests.helpers.launch_record import record_launch
+
+record_launch()
 
 start = os.environ.get("PROBE_START", "")
 if start.startswith("exit:"):
