@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench clean system-deps
+.PHONY: demo test lint typecheck unit bench clean system-deps fuzz soak
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,9 +35,31 @@ unit: $(STAMP) system-deps
 
 test: lint typecheck unit
 
-bench: $(STAMP)
+# The peers (Pyro5, RPyC, grpcio, pyzmq) and matplotlib come from the `bench` extra,
+# installed once (stamp); bench/README.md says what each script measures.
+BENCH_STAMP := $(VENV)/.installed-bench
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(PY) bench/compare.py
 	$(PY) bench/roundtrip.py
 	$(PY) bench/launch.py
+	test ! -f bench/bulk.py || $(PY) bench/bulk.py
+
+# Coverage-guided fuzzing of the frame and message decoder (atheris), then the
+# Hypothesis properties with FUZZ_EXAMPLES times their examples. docs/TESTING.md.
+FUZZ_RUNS ?= 200000
+FUZZ_EXAMPLES ?= 20
+fuzz: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[fuzz]'
+	$(PY) tests/fuzz/fuzz_decoder.py -runs=$(FUZZ_RUNS) -print_final_stats=1
+	NSXPC_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -p no:cacheprovider -o faulthandler_timeout=0 tests/unit/test_fuzz_core.py
+
+# The long fault and hostile-client runs (tests/soak/, skipped by `make test`).
+soak: $(STAMP)
+	NSXPC_SOAK=1 $(PY) -m pytest -q -s -p no:cacheprovider tests/soak
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

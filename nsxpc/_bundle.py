@@ -16,11 +16,11 @@ import os
 import plistlib
 import sys
 from collections.abc import Iterator, Mapping
-from typing import Any
 
 import attrs
 
 from ._errors import ConnectionInvalid
+from ._sandbox import SandboxError, SandboxProfile, parse_profile
 
 __all__ = ["BundleError", "ServiceBundle", "find_service", "load_bundle", "search_folders"]
 
@@ -46,7 +46,7 @@ class ServiceBundle:
         join_existing_session: inherit the client's whole environment.
         run_loop_type: ``"dispatch_main"`` (threads) or ``"asyncio"``.
         idle_exit_seconds: ``NSXPCIdleExitSeconds``.
-        sandbox: ``NSXPCSandbox``, or None.
+        sandbox: ``NSXPCSandbox``, checked (``nsxpc._sandbox``), or None when there is none.
     """
 
     path: str
@@ -57,7 +57,7 @@ class ServiceBundle:
     join_existing_session: bool = False
     run_loop_type: str = "dispatch_main"
     idle_exit_seconds: float = DEFAULT_IDLE_EXIT_SECONDS
-    sandbox: Mapping[str, Any] | None = None
+    sandbox: SandboxProfile | None = None
 
 
 def _fail(path: str, reason: str) -> BundleError:
@@ -112,9 +112,12 @@ def load_bundle(path: str) -> ServiceBundle:
     idle = service.get("NSXPCIdleExitSeconds", DEFAULT_IDLE_EXIT_SECONDS)
     if isinstance(idle, bool) or not isinstance(idle, (int, float)) or idle <= 0:
         raise _fail(path, "XPCService/NSXPCIdleExitSeconds must be a positive number")
-    sandbox = service.get("NSXPCSandbox")
-    if sandbox is not None and not isinstance(sandbox, dict):
-        raise _fail(path, "XPCService/NSXPCSandbox must be a dictionary")
+    sandbox = None
+    if "NSXPCSandbox" in service:
+        try:
+            sandbox = parse_profile(service["NSXPCSandbox"], path)
+        except SandboxError as exc:
+            raise _fail(path, f"XPCService/{exc}") from None
     return ServiceBundle(
         path=path,
         identifier=info["CFBundleIdentifier"],
@@ -177,16 +180,20 @@ def find_service(name: str) -> ServiceBundle:
         BundleError: no bundle has that identifier, or its bundle is malformed.
     """
     searched: list[str] = []
+    skipped: list[str] = []
     for folder in search_folders():
         searched.append(folder)
         for candidate in _candidates(folder):
             try:
                 bundle = load_bundle(candidate)
-            except BundleError:
+            except BundleError as exc:
                 if os.path.basename(candidate) == f"{name}.xpc":
                     raise
+                skipped.append(exc.message)
                 continue
             if bundle.identifier == name:
                 return bundle
     where = ", ".join(searched) or "no folders (set NSXPC_SERVICES_PATH)"
-    raise BundleError(f"no service bundle named {name} was found (searched: {where})")
+    # A malformed bundle may be the one meant (its folder named otherwise): say so.
+    also = f"; skipped: {'; '.join(skipped)}" if skipped else ""
+    raise BundleError(f"no service bundle named {name} was found (searched: {where}{also})")

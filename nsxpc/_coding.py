@@ -25,6 +25,7 @@ from __future__ import annotations
 import abc
 import collections.abc
 import datetime
+import os
 import struct
 import types
 import typing
@@ -45,6 +46,7 @@ from ._errors import (
     XPCError,
     error_for_code,
 )
+from ._fdvalues import NEVER, FileDescriptor, MessageFds, SharedMemory, check_region, memfd_with, read_region
 from ._values import ListenerEndpoint
 
 __all__ = [
@@ -73,6 +75,7 @@ _SCALARS = frozenset({NoneType, bool, int, float, str, bytes})
 #: Types allowed in a slot annotated ``Any`` or a bare ``list``/``dict``: never a custom class.
 PLAIN_TYPES: frozenset[type] = _SCALARS | frozenset(
     {list, tuple, dict, set, frozenset, datetime.datetime, uuid.UUID, ListenerEndpoint, XPCError}
+    | {FileDescriptor, SharedMemory}
 )
 
 
@@ -190,23 +193,29 @@ class EncodeContext:
     (Plain classes here and below, not attrs: these are built per message, and attrs
     classes cost compile time at import, which every launched service pays.)"""
 
-    __slots__ = ("export_object", "fds", "max_depth")
+    __slots__ = ("export_object", "fds", "max_depth", "shm_threshold")
 
     def __init__(
         self,
         max_depth: int = 32,
         fds: list[int] | None = None,
         export_object: Callable[[object, Any], int] | None = None,
+        shm_threshold: int | None = None,
     ) -> None:
         self.max_depth = max_depth
-        self.fds: list[int] = [] if fds is None else fds
+        #: fds the message carries: duplicates it owns (closed once written or dropped;
+        #: by default a MessageFds, which closes them if the context is just dropped).
+        self.fds: list[int] = MessageFds() if fds is None else fds
         self.export_object = export_object
+        #: ``bytes`` longer than this travel through shared memory (None: never, the
+        #: default here, so that a caller that does not send fds never gets any).
+        self.shm_threshold = NEVER if shm_threshold is None else shm_threshold
 
 
 class DecodeContext:
     """State of one message being decoded: its fds, depth and value budgets."""
 
-    __slots__ = ("fds", "import_proxy", "max_container", "max_depth", "nodes_left")
+    __slots__ = ("fds", "import_proxy", "max_container", "max_depth", "nodes_left", "owned", "shm_left")
 
     def __init__(
         self,
@@ -215,12 +224,33 @@ class DecodeContext:
         nodes_left: int = 65_536,
         max_container: int = 65_536,
         import_proxy: Callable[[int, Any], object] | None = None,
+        *,
+        owned: list[tuple[int, object]] | None = None,
+        shm_left: int = 1 << 30,
     ) -> None:
         self.fds = fds
         self.max_depth = max_depth
         self.nodes_left = nodes_left
         self.max_container = max_container
         self.import_proxy = import_proxy
+        #: (index in fds, value) of each value that adopted one of the frame's fds. The
+        #: core grants them ownership only if the message is delivered (see _fdvalues).
+        self.owned: list[tuple[int, object]] = [] if owned is None else owned
+        #: bytes of shared memory this message may still bring (Limits.max_shared_memory).
+        self.shm_left = shm_left
+
+    def fd_at(self, index: object, adopt: bool) -> int:
+        """The frame's fd at ``index``; with ``adopt``, one that no other value of
+        this message owns (two owners would close it twice).
+
+        Raises:
+            DecodingError: no such fd in the frame, or it is owned already.
+        """
+        if type(index) is not int or not 0 <= index < len(self.fds):
+            raise DecodingError(f"file descriptor {index!r} is not among the {len(self.fds)} the message carries")
+        if adopt and any(i == index for i, _ in self.owned):
+            raise DecodingError(f"file descriptor {index} is used twice in one message")
+        return self.fds[index]
 
     def unpack(self, data: bytes) -> Any:
         """Unpack an extension payload under the message's remaining budget.
@@ -252,6 +282,8 @@ def encode_value(value: object, ctx: EncodeContext, depth: int = 0) -> object:
     if t in _SCALARS:
         if t is int and not _INT_MIN <= value <= _INT_MAX:  # type: ignore[operator]
             raise EncodingError(f"integer {value} does not fit in 64 bits")
+        if t is bytes and len(value) > ctx.shm_threshold:  # type: ignore[arg-type]
+            return _promote(value, ctx)  # type: ignore[arg-type]
         return value
     if depth >= ctx.max_depth:
         raise EncodingError(f"value nests deeper than {ctx.max_depth} levels")
@@ -285,6 +317,8 @@ def encode_value(value: object, ctx: EncodeContext, depth: int = 0) -> object:
     if t is ListenerEndpoint:
         ep: ListenerEndpoint = value  # type: ignore[assignment]
         return ExtType(_codec.EXT_ENDPOINT, _codec.pack([ep.path, ep.token]))
+    if t is FileDescriptor or t is SharedMemory:
+        return _encode_fd_value(value, ctx)  # type: ignore[arg-type]
     if isinstance(value, XPCError):
         # Errors are rebuilt from a fixed code table, never from a class name; the
         # flag keeps a plain XPCError plain.
@@ -297,6 +331,35 @@ def encode_value(value: object, ctx: EncodeContext, depth: int = 0) -> object:
         f"{t.__module__}.{t.__qualname__} cannot be sent by copy: "
         "it is not a plain value and does not adopt nsxpc.SecureCoding"
     )
+
+
+def _add_fd(ctx: EncodeContext, source: int) -> int:
+    """Dup ``source`` into the message (which owns the copy) and return its index."""
+    try:
+        ctx.fds.append(os.dup(source))
+    except OSError as exc:
+        raise EncodingError(f"cannot duplicate file descriptor {source}: {exc.strerror}") from exc
+    return len(ctx.fds) - 1
+
+
+def _encode_fd_value(value: FileDescriptor | SharedMemory, ctx: EncodeContext) -> ExtType:
+    # Extension 9: the fd's index in the frame. Extension 10: [index, size, promoted
+    # bytes?]; the flag keeps the two forms apart, so that each is decoded only in a
+    # slot that allows it (a bytes slot never yields a SharedMemory, nor the reverse).
+    if type(value) is FileDescriptor:
+        if value.closed:
+            raise EncodingError("a closed nsxpc.FileDescriptor cannot be sent")
+        return ExtType(_codec.EXT_FD, _codec.pack(_add_fd(ctx, value.fileno())))
+    shm: SharedMemory = value  # type: ignore[assignment]
+    return ExtType(_codec.EXT_SHM, _codec.pack([_add_fd(ctx, shm._fileno()), shm.size, False]))
+
+
+def _promote(value: bytes, ctx: EncodeContext) -> ExtType:
+    """A large ``bytes`` through a sealed memfd: the frame stays small, and the bytes
+    are copied once each way (write(2) here, pread(2) there) instead of through the
+    socket. The receiver gets ``bytes``, in a slot that allows bytes."""
+    ctx.fds.append(memfd_with(value))
+    return ExtType(_codec.EXT_SHM, _codec.pack([len(ctx.fds) - 1, len(value), True]))
 
 
 # --------------------------------------------------------------------------- decoding
@@ -464,9 +527,48 @@ def _decode_ext(ext: Ext, allowed: Allowed, ctx: DecodeContext, depth: int) -> o
         if type(obj) is not cls:
             raise DecodingError(f"{cls.__qualname__}.init_with_coder returned {type(obj).__qualname__}")
         return obj
+    if code == _codec.EXT_FD or code == _codec.EXT_SHM:
+        return _decode_fd_value(ext, allowed, ctx)
     if code == _codec.EXT_PROXY:
         raise DecodingError("an object by proxy is not allowed here (the slot has no interface)")
     raise DecodingError(f"unknown extension type {code}")
+
+
+def _decode_fd_value(ext: Ext, allowed: Allowed, ctx: DecodeContext) -> object:
+    """Extensions 9 and 10. The allowlist is checked before the fd is touched."""
+    if ext.code == _codec.EXT_FD:
+        if FileDescriptor not in allowed.types:
+            raise _refuse("a FileDescriptor", allowed)
+        index = ctx.unpack(ext.data)
+        fd = ctx.fd_at(index, adopt=True)
+        value: object = FileDescriptor._adopt(fd)
+        ctx.owned.append((index, value))
+        return value
+    parts = _decode_items(ext, ctx)
+    if len(parts) != 3 or type(parts[0]) is not int or type(parts[1]) is not int or type(parts[2]) is not bool:
+        raise DecodingError("malformed shared memory reference")
+    slot: int = parts[0]
+    size: int = parts[1]
+    promoted = parts[2]
+    if promoted and bytes not in allowed.types:
+        raise _refuse("a value of class bytes", allowed)
+    if not promoted and SharedMemory not in allowed.types:
+        raise _refuse("a SharedMemory", allowed)
+    if size < 0:
+        raise DecodingError("malformed shared memory reference")
+    if size > ctx.shm_left:
+        raise DecodingError(
+            f"{size} bytes of shared memory exceed what is left of this message's "
+            f"allowance ({ctx.shm_left} bytes, nsxpc.Limits.max_shared_memory)"
+        )
+    ctx.shm_left -= size
+    fd = ctx.fd_at(slot, adopt=not promoted)
+    check_region(fd, size)
+    if promoted:
+        return read_region(fd, size)  # the fd stays the frame's: the core closes it
+    value = SharedMemory._adopt(fd, size)
+    ctx.owned.append((slot, value))
+    return value
 
 
 # --------------------------------------------------------------------------- Coder
@@ -732,7 +834,9 @@ def _first_disallowed(v: object, classes: frozenset[type], depth: int) -> type |
     return None
 
 
-_EXACT = frozenset({bool, int, str, bytes, datetime.datetime, uuid.UUID, ListenerEndpoint})
+_EXACT = frozenset(
+    {bool, int, str, bytes, datetime.datetime, uuid.UUID, ListenerEndpoint, FileDescriptor, SharedMemory}
+)
 _BARE = frozenset({list, tuple, dict, set, frozenset})
 _ABC_ORIGINS: dict[object, tuple[type, ...]] = {
     collections.abc.Sequence: (list, tuple),

@@ -24,23 +24,27 @@ import functools
 import os
 import select
 import socket
+import sys
 import threading
 import time
+import types
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic
 
-from . import _messages, _timers, _transactions
+from . import _codec, _messages, _timers, _transactions
 from ._errors import (
     ConnectionInterrupted,
     ConnectionInvalid,
     EncodingError,
+    LimitExceeded,
+    PeerRequirementFailure,
     RemoteError,
     ReplyInvalid,
     TimedOut,
     XPCError,
     error_for_code,
 )
-from ._interface import Interface, MethodSpec
+from ._interface import Interface, MethodSpec, Remote
 from ._limits import DEFAULT_LIMITS, Limits
 from ._log import log
 from ._protocol import (
@@ -48,6 +52,7 @@ from ._protocol import (
     CallReceived,
     CallRejected,
     ConnectionCore,
+    ExportTable,
     HelloReceived,
     PendingCall,
     Refused,
@@ -56,15 +61,19 @@ from ._protocol import (
     Violation,
     Welcomed,
     encode_arguments,
+    interface_of,
 )
-from ._proxy import HANDLER, PLAIN, SYNC, RemoteProxy
+from ._proxy import HANDLER, PLAIN, SYNC, RemoteProxy, RemoteRef
+from ._requirements import PeerRequirement, check_peer, check_sound
 from ._state import ConnectionState, Lifecycle
 from ._transport import (
     RECV_SIZE,
+    SLOW_CONSUMER,
     PeerCredentials,
     check_service_name,
     connect_unix,
     is_no_listener,
+    limit_sending,
     peer_credentials,
     recv_chunk,
     send_frame,
@@ -97,7 +106,22 @@ _DYING_GRACE = 2.0
 class _Link:
     """One transport: a connected socket and the protocol core that speaks over it."""
 
-    __slots__ = ("buffer", "core", "creds", "dead", "fd", "on_close", "poller", "ready", "service", "sock", "watched")
+    __slots__ = (
+        "buffer",
+        "core",
+        "creds",
+        "dead",
+        "fd",
+        "on_close",
+        "owed",
+        "owed_lock",
+        "paused",
+        "poller",
+        "ready",
+        "service",
+        "sock",
+        "watched",
+    )
 
     def __init__(self, sock: socket.socket, core: ConnectionCore, creds: PeerCredentials) -> None:
         self.sock = sock
@@ -112,6 +136,11 @@ class _Link:
         self.watched = False
         self.on_close: Callable[[], object] | None = None
         self.service: Any = None  # the LaunchedService behind a service_name connection
+        # Calls of the peer handed to our exported objects whose reply is still owed;
+        # at Limits.max_calls_in_flight reading stops ("paused") until one is answered.
+        self.owed = 0
+        self.owed_lock = threading.Lock()
+        self.paused = False
         # For a synchronous caller that reads its own reply (see Connection._call).
         self.poller = select.poll()
         self.poller.register(self.fd, select.POLLIN)
@@ -120,7 +149,7 @@ class _Link:
 class _Call(PendingCall):
     """A call that expects a reply, with what must happen when it ends (exactly once)."""
 
-    __slots__ = ("done", "handler", "link", "mode", "outcome", "reply", "timer", "waiter")
+    __slots__ = ("done", "handler", "link", "mode", "outcome", "reply", "timeout", "timer", "waiter")
 
     def __init__(
         self, method: MethodSpec, target: int, reply: Callable[..., object] | None, handler: Any, mode: str
@@ -133,6 +162,7 @@ class _Call(PendingCall):
         self.done = False
         self.outcome: tuple[list[Any] | None, XPCError | None] | None = None
         self.timer: _timers.Timer | None = None
+        self.timeout: float | None = None  # bounds a wait for a slot (Limits.max_calls_in_flight)
         self.waiter: threading.Lock | None = None
         if mode == SYNC:
             self.waiter = threading.Lock()
@@ -142,7 +172,7 @@ class _Call(PendingCall):
 class _Outgoing:
     """A message (or a send barrier) waiting for the connection to run."""
 
-    __slots__ = ("args", "barrier", "call", "fds", "method", "target")
+    __slots__ = ("args", "barrier", "call", "fds", "method", "origin", "target")
 
     def __init__(
         self,
@@ -152,6 +182,7 @@ class _Outgoing:
         call: _Call | None,
         target: int,
         barrier: Callable[[], object] | None = None,
+        origin: _Link | None = None,
     ) -> None:
         self.method = method
         self.args = args
@@ -159,6 +190,8 @@ class _Outgoing:
         self.call = call
         self.target = target
         self.barrier = barrier
+        #: For a call on an object passed by proxy: the only link it may go out on.
+        self.origin = origin
 
 
 class _ReplyBlock:
@@ -175,6 +208,8 @@ class _ReplyBlock:
         self._used = False
         # A reply still owed keeps a launched service from exiting when idle (NSXPC M4).
         _transactions.begin_transaction()
+        with link.owed_lock:
+            link.owed += 1
 
     def __repr__(self) -> str:
         state = "used" if self._used else "pending"
@@ -186,6 +221,7 @@ class _ReplyBlock:
         self._used = True
         _transactions.end_transaction()
         link = self._link
+        self._conn._answered(link)
         try:
             frame, fds = link.core.reply(self._seq, self._method, values)
         except EncodingError as exc:
@@ -199,6 +235,7 @@ class _ReplyBlock:
         if not self._used:
             self._used = True
             _transactions.end_transaction()
+            self._conn._answered(self._link)
             self._conn._write(self._link, self._link.core.failure(self._seq, error))
 
     def __del__(self) -> None:
@@ -209,14 +246,19 @@ class _ReplyBlock:
             _transactions.end_transaction()
             error = ReplyInvalid(f"the reply block of {self._method.selector!r} was released without being called")
             conn, link, frame = self._conn, self._link, self._link.core.failure(self._seq, error)
-            # Never write from a finalizer (it may run while this thread holds the send
-            # lock): hand the failure to the connection's queue.
-            conn._post(lambda: conn._write(link, frame))
+
+            # Never write (nor take a lock) from a finalizer (it may run while this thread
+            # holds the send lock): hand the failure to the connection's queue.
+            def fail_later() -> None:
+                conn._answered(link)
+                conn._write(link, frame)
+
+            conn._post(fail_later)
         except Exception:
             pass
 
 
-class Connection:
+class Connection(Generic[Remote]):
     """A connection to a service, a listener endpoint, or (on a listener) a client (NSXPCConnection).
 
     Exactly one of the keyword arguments names the peer:
@@ -225,14 +267,21 @@ class Connection:
         mach_service_name: a named service served by a ``Listener(mach_service_name=...)``.
         service_name: a service bundle launched on demand.
         listener_endpoint: a ``ListenerEndpoint``, e.g. of an anonymous listener.
-        loop: an asyncio event loop to deliver handlers on.
+        loop: an asyncio event loop: handlers, reply blocks and exported calls
+            (``async def`` methods included) then run on it (docs/ASYNCIO.md).
 
     A connection starts suspended: configure it, then ``resume()``. Calls made
     before that are queued and sent in order.
 
     Raises:
-        TypeError: not exactly one peer is named.
+        TypeError: not exactly one peer is named, or ``loop`` is not an asyncio loop.
+        ValueError: ``loop`` is closed.
     """
+
+    #: The handshake kind this class speaks: "nsxpc" (proxies); nsxpc._session's
+    #: message connections speak "xpc" (docs/MESSAGES.md).
+    _kind = "nsxpc"
+    _refusal_reason: str | None = None
 
     def __init__(
         self,
@@ -250,9 +299,11 @@ class Connection:
             raise TypeError(
                 f"listener_endpoint must be an nsxpc.ListenerEndpoint, not {type(listener_endpoint).__name__}"
             )
-        if loop is not None:
-            raise NotImplementedError("Connection(loop=...) is not available yet")
         self._init_common(limits)
+        if loop is not None:
+            from ._aio import bind_loop  # asyncio is imported only by programs that use it
+
+            bind_loop(self, loop)
         self.mach_service_name = mach_service_name
         self.service_name = service_name
         self.endpoint = listener_endpoint
@@ -276,6 +327,7 @@ class Connection:
 
     def _init_common(self, limits: Limits) -> None:
         self._limits = limits
+        self._loop: Any = None  # the asyncio loop of a connection made with loop= (nsxpc._aio)
         self._life = Lifecycle()
         self._send_lock = threading.RLock()
         self._link: _Link | None = None
@@ -294,7 +346,10 @@ class Connection:
         self._read_lock = threading.RLock()
         self._watch_lock = threading.Lock()
         self._wants_input = False
-        self._exports: dict[int, tuple[object, Interface]] = {}
+        self._exports = ExportTable()
+        # (link, id) of proxies the peer passed us that were garbage-collected: RELEASEs
+        # to send. Appended by finalizers without a lock (deque.append is atomic).
+        self._releases: collections.deque[tuple[Any, int]] = collections.deque()
         self._remote_interface: Interface | None = None
         self._exported_interface: Interface | None = None
         self._exported_object: object = None
@@ -303,26 +358,53 @@ class Connection:
         self._listener: Listener | None = None
         self._handshake_deadline: float | None = None
         self._invalid_reason = ""
+        self._requirement: PeerRequirement | None = None
+        # Callers waiting for a call slot (Limits.max_calls_in_flight) wait on the send lock.
+        self._slot_cond = threading.Condition(self._send_lock)
+        self._slot_waiters = 0
         self.mach_service_name = None
         self.service_name = None
         self.endpoint = None
         self._interruptible = False
 
     @classmethod
-    def _accepted(cls, listener: Listener, sock: socket.socket, limits: Limits) -> Connection:
-        """A listener's side of a new connection: it reads the handshake on its own queue."""
+    def _accepted(
+        cls,
+        listener: Listener,
+        sock: socket.socket,
+        limits: Limits,
+        creds: PeerCredentials | None = None,
+        data: bytes = b"",
+        fds: tuple[int, ...] = (),
+    ) -> Connection:
+        """A listener's side of a new connection. The listener passes the peer's identity
+        and, once it has read a whole first frame (the handshake), those bytes: then no
+        thread waited for a silent peer. Without them this queue reads the handshake."""
         self = object.__new__(cls)
         self._init_common(limits)
+        if getattr(listener, "_loop", None) is not None:
+            from ._aio import bind_accepted
+
+            bind_accepted(self, listener._loop)  # accepted connections run on the listener's loop
         self._listener = listener
-        creds = peer_credentials(sock)
+        if creds is None:
+            creds = peer_credentials(sock)
         self._creds = creds
+        # A peer that reads nothing can make us hold only this much, this long (slow consumer).
+        limit_sending(sock, limits.max_outgoing_buffer, limits.send_timeout)
         self._describe = f"the connection from pid {creds.pid}"
-        core = ConnectionCore(client=False, exports=self._exports, limits=limits)
+        core = ConnectionCore(client=False, exports=self._exports, limits=limits, kind=self._kind)
         self._wants_input = True  # a listener's side always has messages to deliver
         self._link = _Link(sock, core, creds)
+        self._hook_core(core)
         self._ever_connected = True
-        self._handshake_deadline = time.monotonic() + limits.handshake_timeout
+        if data or fds:
+            core.feed(data, fds)
+        else:
+            self._handshake_deadline = time.monotonic() + limits.handshake_timeout
         self._start_queue()
+        if data:
+            self._post(self._deliver_buffered)
         return self
 
     # ------------------------------------------------------------------ configuration
@@ -337,12 +419,12 @@ class Connection:
         return self._life.state
 
     @property
-    def remote_object_interface(self) -> Interface | None:
+    def remote_object_interface(self) -> Interface[Remote] | None:
         """The interface of the object on the other side (required to send messages)."""
         return self._remote_interface
 
     @remote_object_interface.setter
-    def remote_object_interface(self, value: Interface | None) -> None:
+    def remote_object_interface(self, value: Interface[Remote] | None) -> None:
         if value is not None and not isinstance(value, Interface):
             raise TypeError(f"remote_object_interface must be an nsxpc.Interface, not {type(value).__name__}")
         self._remote_interface = value
@@ -371,6 +453,8 @@ class Connection:
 
     def _update_exports(self) -> None:
         if self._exported_object is not None and self._exported_interface is not None and not self._life.invalid:
+            if self._loop is None:
+                _refuse_coroutines(self._exported_object, self._exported_interface)
             self._exports[_messages.ROOT_OBJECT] = (self._exported_object, self._exported_interface)
             self._want_input()
         else:
@@ -399,6 +483,26 @@ class Connection:
         """The peer's identity as the kernel gave it at connect, or None before connecting."""
         return self._creds
 
+    def set_peer_requirement(self, requirement: PeerRequirement) -> None:
+        """Require the peer to satisfy ``requirement`` (``-[NSXPCConnection
+        setCodeSigningRequirement:]``): checked once, against its identity at connect,
+        before anything is sent to it or any of its messages is handled. A peer that
+        fails invalidates the connection; outstanding calls end with
+        ``PeerRequirementFailure``. A service this connection relaunches is checked again.
+
+        Raises:
+            TypeError: ``requirement`` is not an ``nsxpc.PeerRequirement``.
+            ValueError: it can be met by an executable alone (docs/SECURITY.md).
+            RuntimeError: a requirement was already set, or the connection was resumed.
+        """
+        req = check_sound(requirement)
+        with self._send_lock:
+            if self._requirement is not None:
+                raise RuntimeError(f"{self!r} already has a peer requirement ({self._requirement!r})")
+            if self._life.activated or self._life.invalid:
+                raise RuntimeError("set_peer_requirement() must be called before resume()")
+            self._requirement = req
+
     @property
     def process_identifier(self) -> int:
         """The peer's pid at connect (SO_PEERCRED), 0 before connecting."""
@@ -417,19 +521,26 @@ class Connection:
     @staticmethod
     def current() -> Connection | None:
         """The connection whose message (or reply) is being handled on this thread, else None
-        (``+[NSXPCConnection currentConnection]``)."""
-        return _tls.current
+        (``+[NSXPCConnection currentConnection]``), also inside an exported ``async def`` method."""
+        current = _tls.current
+        if current is None and "nsxpc._aio" in sys.modules:
+            from ._aio import current_connection
+
+            return current_connection()
+        return current
 
     # ------------------------------------------------------------------ proxies
 
     @property
-    def remote_object_proxy(self) -> Any:
-        """A proxy without error handling: failures are logged and reply blocks released uncalled."""
-        return RemoteProxy(self, _messages.ROOT_OBJECT, PLAIN)
+    def remote_object_proxy(self) -> Remote:
+        """A proxy without error handling: failures are logged and reply blocks released uncalled.
+
+        Typed as the remote protocol on a ``Connection[P]`` (docs/ASYNCIO.md "Typing")."""
+        return RemoteProxy(self, _messages.ROOT_OBJECT, PLAIN)  # type: ignore[return-value]
 
     def remote_object_proxy_with_error_handler(
         self, handler: Callable[[Exception], object], timeout: float | None = None
-    ) -> Any:
+    ) -> Remote:
         """A proxy whose calls end in exactly one of the reply block or ``handler(error)``.
 
         Args:
@@ -437,7 +548,7 @@ class Connection:
             timeout: seconds to wait for each reply before ``TimedOut``; None waits
                 until the connection fails.
         """
-        return RemoteProxy(self, _messages.ROOT_OBJECT, HANDLER, handler, timeout)
+        return RemoteProxy(self, _messages.ROOT_OBJECT, HANDLER, handler, timeout)  # type: ignore[return-value]
 
     def synchronous_remote_object_proxy_with_error_handler(
         self, handler: Callable[[Exception], object], timeout: float | None = None
@@ -448,6 +559,18 @@ class Connection:
         Do not use it from this connection's own queue (Apple: it would deadlock).
         """
         return RemoteProxy(self, _messages.ROOT_OBJECT, SYNC, handler, timeout)
+
+    def async_remote_object_proxy(self, timeout: float | None = None) -> Any:
+        """A proxy whose methods are coroutines: ``await proxy.m(args)`` returns the reply's
+        value (None, the value, or a tuple for several) and raises the ``XPCError``
+        (the asyncio form of ``remoteObjectProxyWithErrorHandler:``; docs/ASYNCIO.md).
+
+        Raises:
+            ValueError: ``timeout`` is not a positive number of seconds.
+        """
+        from ._aio import AsyncRemoteProxy  # asyncio is imported only by programs that use it
+
+        return AsyncRemoteProxy(self, _messages.ROOT_OBJECT, timeout)
 
     def _method_for(self, target: int, name: str) -> MethodSpec:
         iface = self._remote_interface
@@ -608,6 +731,8 @@ class Connection:
             while True:
                 while queue:
                     self._run_item(queue.popleft())
+                if self._releases:
+                    self._send_releases()
                 if self._finished:
                     break
                 timeout = -1.0
@@ -622,7 +747,10 @@ class Connection:
                             os.eventfd_read(wake)
                         except BlockingIOError:
                             pass
-                    else:
+                    elif not queue:
+                        # Work posted meanwhile goes first: a synchronous caller may have
+                        # handed over events (a REFUSE) that precede what is in the socket
+                        # (its end). Level-triggered, so the socket is reported again.
                         self._on_readable()
         finally:
             with self._queue_lock:
@@ -655,6 +783,9 @@ class Connection:
     def _read_and_deliver(self) -> None:
         link = self._link
         if link is None or link.dead:
+            return
+        if link.paused:
+            self._watch(link, False)  # re-watched by _resume_input once a reply is sent
             return
         if not (self._life.running or link.core.phase == "hello"):
             # Suspended (or accepted but not yet resumed by the delegate): leave the
@@ -704,6 +835,8 @@ class Connection:
         while link is self._link and not link.dead:
             if not (life.running or core.phase == "hello"):
                 return
+            if link.owed >= self._limits.max_calls_in_flight and self._pause_input(link):
+                return
             event = core.next_event()
             if event is None:
                 return
@@ -740,7 +873,105 @@ class Connection:
             log.error("nsxpc: invalidating %s: %s", self._describe, ev_v.error.message)
             self._invalidate(f"{self._describe} broke the protocol: {ev_v.error.message}")
         elif t is Released:
-            pass
+            self._on_released(event.target)  # type: ignore[attr-defined]
+
+    # ------------------------------------------------------------------ objects by proxy
+
+    def _hook_core(self, core: ConnectionCore) -> None:
+        # Replies are encoded, and proxies decoded, for one link: bound to its core.
+        core.export_object = functools.partial(self._export, core=core)
+        core.import_proxy = functools.partial(self._import_proxy, core=core)
+
+    def _export(self, value: object, slot: Any, core: ConnectionCore | None = None) -> int:
+        """Encoder hook: export ``value`` for a by-proxy slot; returns its id. With
+        ``core`` (a reply), only while that core's link is the current one."""
+        iface = interface_of(slot)
+        self._want_input()  # the peer may call the object at any time: read what arrives
+        with self._send_lock:
+            link = self._link
+            if self._life.invalid or (core is not None and (link is None or link.core is not core)):
+                return 0  # never sent: the call fails with ConnectionInvalid, the reply is dropped
+            return self._exports.export(value, iface)
+
+    def _import_proxy(self, ident: int, slot: Any, core: ConnectionCore | None = None) -> object:
+        """Decoder hook: a proxy for the object ``ident`` that the peer passed by proxy.
+
+        Each one received is one reference the peer counted; it is released when the
+        proxy (and every proxy made from it) is garbage-collected. A proxy decoded
+        from a link that is already gone is stale from the start."""
+        link = self._link
+        if link is not None and link.core is not core:
+            link = None
+        ref = RemoteRef(self, link, ident, interface_of(slot))
+        return RemoteProxy(self, ident, PLAIN, ref=ref)
+
+    def _export_any(self, value: object, slot: Any) -> int:
+        return self._export(value, slot)
+
+    def _release_later(self, link: Any, ident: int) -> None:
+        """From a RemoteRef's finalizer, on any thread: queue a RELEASE and wake the queue.
+
+        Never waits for a lock: the finalizer may run while this thread holds
+        ``_queue_lock`` (in ``_post``). If another holder has it, that holder is
+        posting (and wakes the queue after this append) or closing the queue."""
+        if link is None or link.dead:
+            return
+        self._releases.append((link, ident))
+        lock = self._queue_lock
+        if lock.acquire(blocking=False):
+            try:
+                fd = self._wake_fd
+                if fd >= 0 and not self._queue_closed:
+                    os.eventfd_write(fd, 1)
+            finally:
+                lock.release()
+
+    def _send_releases(self, link: _Link | None = None) -> None:
+        """Write the queued RELEASEs of ``link`` (default: the current link) in one frame
+        batch; those of links that are gone are dropped with them."""
+        with self._send_lock:
+            current = self._link if link is None else link
+            frames = []
+            releases = self._releases
+            while releases:
+                owner, ident = releases.popleft()
+                if current is not None and owner is current and not current.dead:
+                    frames.append(current.core.release(ident))
+            if not frames or current is None:
+                return
+            try:
+                send_frame(current.sock, b"".join(frames))
+                return
+            except OSError as exc:
+                reason = f"writing failed: {exc.strerror}"
+        self._post(functools.partial(self._lose_link, current, reason))
+
+    def _on_released(self, ident: int) -> None:
+        """The peer dropped one proxy of our object ``ident``."""
+        with self._send_lock:
+            known, entry = self._exports.release(ident)
+        if not known:
+            log.warning("nsxpc: %s released object %d, which this side did not pass it", self._describe, ident)
+        del entry  # the exporter's last reference goes here, outside the lock
+
+    def _stale_call(self, method: MethodSpec, call: _Call | None, by_proxy: bool) -> None:
+        """Fail a call that can no longer reach its object (called with _send_lock held)."""
+        if by_proxy:
+            error: XPCError = ConnectionInvalid(_stale_message(self._describe))
+        else:
+            error = ConnectionInterrupted(
+                f"{self._describe} was interrupted while {method.selector!r}, which passes an object "
+                "by proxy, was being sent"
+            )
+        if call is not None:
+            self._fail(call, error)
+        else:
+            log.warning("nsxpc: %s was not sent: %s", method.selector, error.message)
+
+    @property
+    def _exported_object_count(self) -> int:
+        """How many objects passed by proxy this side holds for the peer (tests, debugging)."""
+        return self._exports.exported_count
 
     # ------------------------------------------------------------------ listener side
 
@@ -752,8 +983,17 @@ class Connection:
             self._refuse(link, ConnectionInvalid("the endpoint does not match this listener"))
             return
         if not listener._offer(self):
-            self._refuse(link, ConnectionInvalid("the listener's delegate refused the connection"))
+            # An XPCListener's request.reject(reason=...) gives its own reason (nsxpc._session).
+            reason = self._refusal_reason or "the listener's delegate refused the connection"
+            self._refuse(link, ConnectionInvalid(reason))
             return
+        if self._requirement is not None and self._creds is not None:
+            # Set by the delegate: checked now, before WELCOME and any message of the peer.
+            try:
+                check_peer(self._requirement, self._creds, f"the peer of {self._describe}")
+            except PeerRequirementFailure as exc:
+                self._refuse(link, exc)
+                return
         with self._send_lock:
             self._write(link, link.core.welcome())
             link.ready = True
@@ -762,7 +1002,9 @@ class Connection:
     def _refuse(self, link: _Link, error: XPCError) -> None:
         log.info("nsxpc: refusing %s: %s", self._describe, error.message)
         self._write(link, link.core.refuse(error))
-        self._invalidate(f"{self._describe} was refused: {error.message}")
+        reason = f"{self._describe} was refused: {error.message}"
+        # This side's own calls end with the requirement failure itself (API section 9).
+        self._invalidate(reason, PeerRequirementFailure(reason) if isinstance(error, PeerRequirementFailure) else None)
 
     def _handshake_expired(self) -> None:
         if self._handshake_deadline is not None and time.monotonic() >= self._handshake_deadline:
@@ -776,11 +1018,15 @@ class Connection:
         with self._send_lock:
             if link.dead:
                 return False
+            if self._releases:
+                self._send_releases(link)  # proxies dropped before this reply: released first
             try:
                 send_frame(link.sock, frame, fds)
                 return True
             except OSError as exc:
                 reason = f"writing failed: {exc.strerror}"
+                if reason.endswith(SLOW_CONSUMER):
+                    _shutdown(link.sock)  # a slow consumer: no more writes that wait send_timeout
         self._post(lambda: self._lose_link(link, reason))
         return False
 
@@ -793,14 +1039,17 @@ class Connection:
         mode: str,
         handler: Any,
         timeout: float | None,
+        ref: RemoteRef | None = None,
     ) -> Any:
-        """Send one proxy call; see RemoteProxy for the three modes."""
+        """Send one proxy call; see RemoteProxy for the three modes. ``ref`` is set for a
+        call on an object the peer passed by proxy."""
         if not method.wants_reply:
-            self._send_call(target, method, values, None)
+            self._send_call(target, method, values, None, ref)
             return None
         if mode != SYNC and reply is None:
             raise TypeError(f"{method.selector}() needs its reply block {method.reply_name!r}")
         call = _Call(method, target, reply, handler, mode)
+        call.timeout = timeout
         if mode == SYNC:
             if _tls.queue is self:
                 raise RuntimeError(
@@ -814,6 +1063,8 @@ class Connection:
                 and link.ready
                 and self._life.running
                 and not self._outbox
+                and (ref is None or ref.link is link)
+                and self._calls_in_flight() < self._limits.max_calls_in_flight
                 and self._read_lock.acquire(blocking=False)
             ):
                 # The caller reads its own reply: no hand-over from the queue thread.
@@ -822,7 +1073,7 @@ class Connection:
                     if unwatch:
                         self._watch(link, False)
                     try:
-                        self._send_call(target, method, values, call)
+                        self._send_call(target, method, values, call, ref)
                         if call.link is link:
                             self._read_reply(link, call, deadline)
                     finally:
@@ -834,22 +1085,42 @@ class Connection:
                     self._read_lock.release()
             else:
                 self._want_input()  # the queue thread will read this reply
-                self._send_call(target, method, values, call)
+                self._send_call(target, method, values, call, ref)
             return self._wait(call, timeout, deadline, reply is None)
         self._want_input()
         if timeout is not None:
             call.timer = _timers.schedule(timeout, lambda: self._expire_async(call, timeout))
-        self._send_call(target, method, values, call)
+        self._send_call(target, method, values, call, ref)
         return None
 
-    def _send_call(self, target: int, method: MethodSpec, values: list[Any], call: _Call | None) -> None:
-        args, fds = encode_arguments(method.args, values, method.selector, "argument", self._limits.max_depth, None)
+    def _send_call(
+        self, target: int, method: MethodSpec, values: list[Any], call: _Call | None, ref: RemoteRef | None = None
+    ) -> None:
+        exports = self._exports
+        generation = exports.generation
+        args, fds = encode_arguments(
+            method.args, values, method.selector, "argument", self._limits.max_depth, self._export_any, self._limits
+        )
         with self._send_lock:
+            if (
+                call is not None
+                and self._calls_in_flight() >= self._limits.max_calls_in_flight
+                and not self._life.invalid
+                and not self._take_slot(call)
+            ):
+                return
             if self._life.invalid:
                 if call is not None:
                     self._fail(call, ConnectionInvalid(self._invalid_message()))
                 return
             link = self._link
+            if (ref is not None and (ref.link is not link or link is None or link.dead)) or (
+                exports.generation != generation and _carries_proxy(args)
+            ):
+                self._stale_call(method, call, ref is not None)
+                return
+            if self._releases:
+                self._send_releases(link)  # before this message: the peer sees them first
             if self._life.running and link is not None and link.ready and not link.dead and not self._outbox:
                 frame = link.core.invoke(method, args, len(fds), call, target)
                 if call is not None:
@@ -860,7 +1131,7 @@ class Connection:
                 except OSError as exc:
                     reason = f"writing failed: {exc.strerror}"
             else:
-                self._outbox.append(_Outgoing(method, args, fds, call, target))
+                self._outbox.append(_Outgoing(method, args, fds, call, target, origin=ref.link if ref else None))
                 if self._life.running:
                     self._flush(eager=False)
                 return
@@ -881,12 +1152,17 @@ class Connection:
                 return
         if not link.ready:
             return
+        if self._releases:
+            self._send_releases(link)
         while self._outbox:
             item = self._outbox.popleft()
             if item.barrier is not None:
                 self._post(item.barrier)
                 continue
             assert item.method is not None
+            if item.origin is not None and item.origin is not link:
+                self._stale_call(item.method, item.call, True)
+                continue
             frame = link.core.invoke(item.method, item.args, len(item.fds), item.call, item.target)
             if item.call is not None:
                 item.call.link = link
@@ -923,18 +1199,24 @@ class Connection:
             if is_no_listener(exc):
                 raise ConnectionInvalid(f"no listener for {self._describe}") from exc
             raise ConnectionInvalid(f"cannot connect to {self._describe}: {exc.strerror}") from exc
+        link = None
         try:
-            creds = peer_credentials(sock)
-            if service is not None and service.pid is not None and creds.pid != service.pid:
-                # SO_PEERCRED names whoever last called listen(): a service re-listens
-                # when it starts, but one that has not yet still shows the launcher,
-                # this very process. A service we spawned is then known by its spawn.
-                creds = spawned_credentials(service.pid)
-            core = ConnectionCore(client=True, exports=self._exports, limits=self._limits)
+            creds = _service_credentials(sock, service)
+            # Before anything is sent: an untrusted peer gets not even our HELLO.
+            check_peer(self._requirement, creds, self._describe.capitalize())
+            core = ConnectionCore(client=True, exports=self._exports, limits=self._limits, kind=self._kind)
             link = _Link(sock, core, creds)
+            self._hook_core(core)
             send_frame(sock, core.hello(self._token))
-        except OSError as exc:
+        except PeerRequirementFailure:
             sock.close()
+            raise
+        except OSError as exc:
+            refusal = _refusal_read(link) if link is not None else None
+            sock.close()
+            if refusal is not None:
+                # A listener at one of its caps refuses before reading our HELLO.
+                raise ConnectionInvalid(f"{self._describe} refused the connection: {refusal}") from exc
             raise ConnectionInvalid(f"cannot connect to {self._describe}: {exc.strerror}") from exc
         self._creds = creds
         self._link = link
@@ -954,6 +1236,10 @@ class Connection:
 
     def _connect_failed(self, err: XPCError) -> None:
         """Called with ``_send_lock`` held."""
+        if isinstance(err, PeerRequirementFailure):
+            log.warning("nsxpc: %s", err.message)
+            self._life_invalidate_later(err.message, err)
+            return
         if (not self._ever_connected or not self._interruptible) and not err.can_retry:
             # The first attempt (or an endpoint): the connection can never be formed.
             log.warning("nsxpc: %s", err.message)
@@ -968,11 +1254,11 @@ class Connection:
             elif item.call is not None:
                 self._fail(item.call, ConnectionInterrupted(f"{self._describe} is not available: {err.message}"))
 
-    def _life_invalidate_later(self, reason: str) -> None:
+    def _life_invalidate_later(self, reason: str, error: XPCError | None = None) -> None:
         if self._life.invalidate():
             self._invalid_reason = reason
             self._start_queue()
-            self._post(lambda: self._teardown(ConnectionInvalid(reason)))
+            self._post(lambda: self._teardown(error or ConnectionInvalid(reason)))
 
     def _invalid_message(self) -> str:
         return self._invalid_reason or f"{self._describe} is invalid"
@@ -992,6 +1278,8 @@ class Connection:
         if call.done:
             return
         call.done = True
+        if self._slot_waiters:
+            self._slot_freed()
         if call.timer is not None:
             call.timer.cancel()
         if call.waiter is not None:
@@ -1096,6 +1384,89 @@ class Connection:
             _tls.current = previous
         return None
 
+    # ------------------------------------------------------------------ limits
+
+    def _calls_in_flight(self) -> int:
+        """Calls awaiting a reply: registered on the link, or queued to be sent."""
+        link = self._link
+        count = link.core.pending_count if link is not None and not link.dead else 0
+        if self._outbox:
+            count += sum(1 for item in self._outbox if item.call is not None)
+        return count
+
+    def _take_slot(self, call: _Call) -> bool:
+        """With ``_send_lock`` held: admit ``call`` under Limits.max_calls_in_flight.
+
+        At the cap the caller waits (back-pressure, as a full socket makes a write
+        wait), bounded by the call's timeout; where waiting could never end it fails
+        the call with ``LimitExceeded`` instead: on this connection's own queue or an
+        event loop (which deliver the replies that free slots), or while the
+        connection is not running. A caller that reads its own replies (it holds the
+        read lock) is admitted: at most one call over the cap. Returns False if the
+        call was ended here."""
+        cap = self._limits.max_calls_in_flight
+        if self._calls_in_flight() < cap:
+            return True
+        if _tls.queue is self or not self._life.running or _on_event_loop():
+            where = "from its own queue" if _tls.queue is self else (
+                "while it is not running" if not self._life.running else "from an event loop")  # fmt: skip
+            self._fail(call, LimitExceeded(
+                f"{call.method.selector}: {cap} calls to {self._describe} already await a reply "
+                f"(nsxpc.Limits.max_calls_in_flight); a call made {where} cannot wait for one to end"))  # fmt: skip
+            return False
+        if self._read_lock._is_owned():  # type: ignore[attr-defined]
+            return True  # a synchronous caller reading its own replies: one over the cap
+        deadline = None if call.timeout is None else time.monotonic() + call.timeout
+        self._slot_waiters += 1
+        try:
+            while self._calls_in_flight() >= cap and not self._life.invalid:
+                remaining = 0.05 if deadline is None else min(0.05, deadline - time.monotonic())
+                if remaining <= 0:
+                    self._fail(call, _timed_out(call, call.timeout))
+                    return False
+                # Woken when a call ends; the short bound covers ends that cannot notify
+                # (the send lock was busy) and invalidation.
+                self._slot_cond.wait(remaining)
+        finally:
+            self._slot_waiters -= 1
+        return True
+
+    def _slot_freed(self) -> None:
+        # Never wait for the send lock here (a writer may hold it while the peer waits
+        # for us to read): a busy lock means the waiter's next poll sees the slot.
+        if self._send_lock.acquire(blocking=False):
+            try:
+                self._slot_cond.notify()
+            finally:
+                self._send_lock.release()
+
+    def _pause_input(self, link: _Link) -> bool:
+        """The peer has Limits.max_calls_in_flight calls unanswered here: stop reading it
+        (the kernel then pushes back on its writes) until a reply is sent."""
+        with link.owed_lock:
+            if link.owed < self._limits.max_calls_in_flight:
+                return False
+            link.paused = True
+        self._watch(link, False)
+        return True
+
+    def _answered(self, link: _Link) -> None:
+        """A call of the peer got its reply (or failure): resume reading if it was paused."""
+        with link.owed_lock:
+            link.owed -= 1
+            wake = link.paused and link.owed < self._limits.max_calls_in_flight
+            if wake:
+                link.paused = False
+        if wake:
+            self._post(functools.partial(self._resume_input, link))
+
+    def _resume_input(self, link: _Link) -> None:
+        if link.dead or link is not self._link:
+            return
+        if self._life.running:
+            self._watch(link, True)
+        self._deliver_buffered()
+
     # ------------------------------------------------------------------ incoming calls
 
     def _invoke_exported(self, link: _Link, event: CallReceived) -> None:
@@ -1115,10 +1486,9 @@ class Connection:
             # block is covered by the reply's own transaction until it is answered.
             _transactions.begin_transaction()
         try:
-            if reply is None:
-                fn(*event.args)
-            else:
-                fn(*event.args, reply)
+            result = fn(*event.args) if reply is None else fn(*event.args, reply)
+            if result is not None and type(result) is types.CoroutineType:
+                self._start_coroutine(result, reply, method)
         except Exception as exc:
             log.warning(
                 "nsxpc: exported method %r raised %s: %s", method.selector, type(exc).__name__, exc, exc_info=True
@@ -1131,6 +1501,15 @@ class Connection:
             if reply is None:
                 _transactions.end_transaction()
 
+    def _start_coroutine(self, coro: types.CoroutineType[Any, Any, Any], reply: Any, method: MethodSpec) -> None:
+        """An exported ``async def`` method was called: run it on the connection's loop."""
+        if self._loop is None:
+            coro.close()  # an object passed by proxy: never run, never "never awaited"
+            raise TypeError(f"{method.selector} is async def, but the connection has no loop= to run it on")
+        from ._aio import start_exported
+
+        start_exported(self, coro, reply, method)
+
     # ------------------------------------------------------------------ losing the peer
 
     def _take_link(self, link: _Link) -> list[PendingCall]:
@@ -1142,8 +1521,12 @@ class Connection:
                 return []
             link.dead = True
             calls = link.core.resolve_all()
+            dropped = None
             if self._link is link:
                 self._link = None
+                # The peer that held proxies of our objects is gone (NSXPC X6).
+                dropped = self._exports.drop_exported()
+        del dropped  # their last references go here, outside the lock
         # A synchronous caller may be reading this socket: the shutdown above woke it,
         # and it lets go of the read lock at once. Close only then (never under a caller).
         with self._read_lock:
@@ -1154,14 +1537,20 @@ class Connection:
             link.on_close()
         return calls
 
-    def _lose_link(self, link: _Link, reason: str) -> None:
+    def _lose_link(self, link: _Link, reason: str, handed_over: bool = False) -> None:
         """On the queue: the peer went away (EOF, reset, write failure)."""
         if link.dead or link is not self._link:
             return
         # What the peer said before it went (a REFUSE racing our write, the last
-        # replies) is delivered first: a broken pipe must not hide the reason.
+        # replies) is delivered first: a broken pipe must not hide the reason. Not
+        # for a slow consumer: it is dropped for what it did not read.
         with self._read_lock:
-            for _ in range(64):
+            if self._queue and not handed_over:
+                # A synchronous caller that read while we waited for the lock may have
+                # handed events over (the REFUSE itself): they run first, then this.
+                self._post(functools.partial(self._lose_link, link, reason, True))
+                return
+            for _ in range(0 if SLOW_CONSUMER in reason else 64):
                 if link.dead or link is not self._link or self._receive(link) is not True:
                     break
                 self._deliver(link)
@@ -1179,13 +1568,27 @@ class Connection:
                 self._complete(call, None, ConnectionInvalid(self._invalid_message()))  # type: ignore[arg-type]
             return
         if not self._interruptible:
-            # Endpoints and the listener's side: peer death invalidates (H1).
-            self._invalidate(f"{self._describe} went away: {reason}")
+            # Endpoints and the listener's side: peer death invalidates (H1). A peer that
+            # stopped reading (our write timed out) is dropped with the limit it broke.
+            kind = LimitExceeded if SLOW_CONSUMER in reason else ConnectionInvalid
+            message = f"{self._describe} went away: {reason}"
+            if kind is LimitExceeded:
+                limits = self._limits
+                message = (
+                    f"{self._describe} read nothing for {limits.send_timeout} s with its outgoing buffer full "
+                    f"(slow consumer: nsxpc.Limits.send_timeout, max_outgoing_buffer={limits.max_outgoing_buffer})"
+                )
+                log.warning("nsxpc: dropping %s", message)
+            self._invalidate(message, kind(message) if kind is LimitExceeded else None)
             for call in calls:
-                self._complete(call, None, ConnectionInvalid(self._invalid_message()))  # type: ignore[arg-type]
+                self._complete(call, None, kind(self._invalid_message()))  # type: ignore[arg-type]
             return
         log.info("nsxpc: %s was interrupted: %s", self._describe, reason)
         for call in calls:
+            if call.target != _messages.ROOT_OBJECT:
+                # A call on an object passed by proxy: that object is gone for good (H5).
+                self._complete(call, None, ConnectionInvalid(_stale_message(self._describe)))  # type: ignore[arg-type]
+                continue
             self._complete(call, None, ConnectionInterrupted(f"{self._describe} was interrupted: {reason}"))  # type: ignore[arg-type]
         handler = self._interruption_handler
         if handler is not None:
@@ -1255,12 +1658,84 @@ def _run_late_work() -> None:
             log.exception("nsxpc: a late callback raised")
 
 
+def _on_event_loop() -> bool:
+    """True on a thread running an asyncio event loop (never blocked by a call)."""
+    aio = sys.modules.get("asyncio")
+    return aio is not None and aio.events._get_running_loop() is not None
+
+
+def _service_credentials(sock: socket.socket, service: Any) -> PeerCredentials:
+    """Who serves a new connection. A service this process launched is known by the
+    pidfd of its spawn: SO_PEERCRED names whoever last called listen() on the socket
+    (the launcher, systemd), not necessarily the process behind it (research 2.1)."""
+    if service is None or service.pid is None:
+        return peer_credentials(sock)
+    pidfd = service.dup_pidfd()
+    try:
+        return spawned_credentials(service.pid, pidfd)
+    finally:
+        if pidfd >= 0:
+            os.close(pidfd)
+
+
+def _refusal_read(link: _Link) -> str | None:
+    """After HELLO could not be written: the reason of a REFUSE already received, if any."""
+    try:
+        chunk = recv_chunk(link.sock, link.buffer)
+    except (OSError, XPCError):
+        return None
+    if not chunk:
+        return None
+    data, fds = chunk
+    for fd in fds:
+        os.close(fd)
+    link.core.feed(data)
+    try:
+        event = link.core.next_event()
+    except XPCError:
+        return None
+    return event.error.message if type(event) is Refused else None
+
+
 def _same_secret(a: bytes, b: bytes) -> bool:
     """Constant-time comparison of an endpoint token (hmac imported on first use:
     it pulls in hashlib, which most processes never need)."""
     import hmac
 
     return hmac.compare_digest(a, b)
+
+
+def _stale_message(describe: str) -> str:
+    return (
+        f"{describe} was interrupted, but the message was sent over an additional proxy "
+        "and therefore this proxy has become invalid"
+    )
+
+
+def _carries_proxy(args: list[object]) -> bool:
+    return any(type(a) is _codec.ExtType and a.code == _codec.EXT_PROXY for a in args)  # type: ignore[attr-defined]
+
+
+def _refuse_coroutines(obj: object, iface: Interface) -> None:
+    """Exported ``async def`` methods need a loop to run on (docs/ASYNCIO.md).
+
+    Raises:
+        TypeError: ``obj`` has ``async def`` methods and the connection has no ``loop=``.
+    """
+    # getattr_static: looking the methods up must not run the object's own __getattribute__.
+    import inspect  # already loaded by nsxpc._interface
+
+    names = sorted(s for s in iface.selectors if _is_async(inspect.getattr_static(obj, s, None)))
+    if names:
+        raise TypeError(
+            f"the exported object's methods {', '.join(names)} are async def: make the connection "
+            "(or its listener) with loop=asyncio.get_running_loop() so they run on that loop"
+        )
+
+
+def _is_async(fn: object) -> bool:
+    code = getattr(getattr(fn, "__func__", fn), "__code__", None)
+    return code is not None and bool(code.co_flags & 0x80)  # CO_COROUTINE: async def
 
 
 def _timed_out(call: _Call, timeout: float | None) -> TimedOut:

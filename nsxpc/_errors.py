@@ -23,6 +23,7 @@ __all__ = [
     "EncodingError",
     "ErrorCode",
     "InterfaceError",
+    "LimitExceeded",
     "PeerRequirementFailure",
     "ProtocolError",
     "RemoteError",
@@ -50,6 +51,8 @@ class ErrorCode(enum.IntEnum):
     TIMED_OUT = 4104
     #: The peer broke the wire protocol (corrupt framing, bad msgpack, unexpected message).
     PROTOCOL_ERROR = 4105
+    #: A resource limit of nsxpc.Limits was exceeded (docs/LIMITS.md names which).
+    LIMIT_EXCEEDED = 4110
     #: NSCoderReadCorruptError: a value failed its slot's allowlist or annotation.
     DECODING_ERROR = 4864
     #: NSCoderInvalidValueError: a value cannot be sent in its slot.
@@ -149,6 +152,14 @@ class ProtocolError(XPCError):
     code = ErrorCode.PROTOCOL_ERROR
 
 
+class LimitExceeded(XPCError):
+    """A resource limit (``nsxpc.Limits``) was exceeded: too many calls in flight, a
+    peer that reads nothing (slow consumer), or a listener's connection caps. The
+    message names the limit; docs/LIMITS.md lists them."""
+
+    code = ErrorCode.LIMIT_EXCEEDED
+
+
 class DecodingError(XPCError):
     """A received value failed its slot's allowlist or annotation (NSCoderReadCorruptError)."""
 
@@ -177,6 +188,7 @@ _BY_CODE: dict[int, type[XPCError]] = {
         RemoteError,
         TimedOut,
         ProtocolError,
+        LimitExceeded,
         DecodingError,
         EncodingError,
     )

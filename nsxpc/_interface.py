@@ -18,8 +18,8 @@ import collections.abc
 import inspect
 import types
 import typing
-from collections.abc import Iterable
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import attrs
 
@@ -30,6 +30,17 @@ __all__ = ["Interface", "MethodSpec", "protocol"]
 
 NoneType = type(None)
 _P = TypeVar("_P", bound=type)
+if TYPE_CHECKING:
+    # The remote protocol type of an Interface and a Connection (docs/ASYNCIO.md "Typing").
+    # Its default (PEP 696) keeps an unparameterised Connection or Interface meaning
+    # [Any], as before; at run time a plain TypeVar (3.11's has no default=).
+    from typing_extensions import TypeVar as _TypeVarWithDefault
+
+    Remote = _TypeVarWithDefault("Remote", default=Any)
+    Remote2 = _TypeVarWithDefault("Remote2", default=Any)
+else:
+    Remote = TypeVar("Remote")
+    Remote2 = TypeVar("Remote2")
 
 
 @attrs.frozen
@@ -178,8 +189,10 @@ def _codable_class(cls: object) -> bool:
     return isinstance(cls, type) and (cls in PLAIN_TYPES or is_secure_coding(cls) or issubclass(cls, XPCError))
 
 
-class Interface:
+class Interface(Generic[Remote]):
     """A remote interface: a protocol plus its per-slot allowlists (NSXPCInterface).
+
+    Generic in its protocol: ``Interface(Kitchen)`` is an ``Interface[Kitchen]``.
 
     Args:
         protocol: an ``@nsxpc.protocol`` class.
@@ -190,10 +203,13 @@ class Interface:
 
     __slots__ = ("_methods", "_protocol", "_sub")
 
-    def __init__(self, protocol: type) -> None:
+    # Callable[..., Remote] rather than type[Remote]: mypy refuses a Protocol class where
+    # type[X] is expected ("Only concrete class can be given"), but infers Remote from it here.
+    def __init__(self, protocol: Callable[..., Remote]) -> None:
         spec = protocol.__dict__.get("__xpc_protocol__") if isinstance(protocol, type) else None
         if not isinstance(spec, _ProtocolSpec):
             raise InterfaceError(f"{protocol!r} is not an @nsxpc.protocol class")
+        assert isinstance(protocol, type)
         try:
             self._methods = dict(spec.methods())
         except NameError as exc:
@@ -201,10 +217,14 @@ class Interface:
         self._protocol = protocol
         self._sub: dict[tuple[str, int, bool], Interface] = {}
 
-    @classmethod
-    def with_protocol(cls, protocol: type) -> Interface:
-        """``+[NSXPCInterface interfaceWithProtocol:]``: same as ``Interface(protocol)``."""
-        return cls(protocol)
+    @staticmethod
+    def with_protocol(protocol: Callable[..., Remote2]) -> Interface[Remote2]:
+        """``+[NSXPCInterface interfaceWithProtocol:]``: same as ``Interface(protocol)``.
+
+        Raises:
+            InterfaceError: ``protocol`` is not an ``@nsxpc.protocol`` class, or breaks a rule.
+        """
+        return Interface(protocol)
 
     @property
     def protocol(self) -> type:
@@ -292,7 +312,8 @@ class Interface:
             raise TypeError(f"interface must be an nsxpc.Interface, not {type(interface).__name__}")
         _, slot = self._slot(selector, argument_index, of_reply)
         self._sub[(selector, argument_index, of_reply)] = interface
-        self._replace(selector, argument_index, of_reply, slot.with_interface(interface.protocol))
+        # The slot holds the Interface itself, so its own allowlists govern the proxy.
+        self._replace(selector, argument_index, of_reply, slot.with_interface(interface))
 
     def interface_for(self, selector: str, argument_index: int, of_reply: bool = False) -> Interface | None:
         """The interface of a slot that carries an object by proxy, else None.
@@ -307,6 +328,8 @@ class Interface:
         found = self._sub.get(key)
         if found is None:
             found = self._sub[key] = Interface(slot.interface)
+            # Changes made to the returned interface apply to the proxies of this slot.
+            self._replace(selector, argument_index, of_reply, slot.with_interface(found))
         return found
 
 

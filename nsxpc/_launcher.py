@@ -46,6 +46,13 @@ would), so a ``#!/usr/bin/env python3`` service runs with the client's packages.
 The launcher's own ``NSXPC_*`` variables are set last: a bundle cannot override
 them. The working directory is ``/``; stdin is ``/dev/null``.
 
+Sandbox (``XPCService/NSXPCSandbox``, docs/SANDBOX.md): the profile is checked
+and its Landlock ruleset built in the client just before the spawn
+(``_sandbox.prepare``), and applied in the child by the ``preexec_fn``, before
+``exec``: the service's executable never runs unconfined. A profile the kernel
+cannot enforce refuses the launch with a :class:`LaunchError` naming the bundle,
+the key and why; a failure in the child comes back through a pipe.
+
 Output: an Application service's stdout and stderr go to the client's
 ``sys.stderr``, each line prefixed ``[<service name>] `` (one reader thread per
 instance). A User service outlives its launcher, so its output is appended to
@@ -97,6 +104,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._bundle import BundleError, ServiceBundle, find_service
 from ._errors import ConnectionInterrupted, ConnectionInvalid
+from ._sandbox import Prepared, SandboxError, prepare
 from ._transport import check_service_name, check_socket_path, runtime_dir, try_flock
 
 if TYPE_CHECKING:
@@ -235,6 +243,12 @@ class LaunchedService:
         with self._lock, contextlib.suppress(ValueError):
             self._callbacks.remove(cb)
 
+    def dup_pidfd(self) -> int:
+        """A copy (close-on-exec, the caller's to close) of the instance's pidfd, or -1 once
+        it is gone: how a client knows the service it launched (H-req, nsxpc._transport)."""
+        with self._lock:
+            return os.dup(self._pidfd) if self._pidfd >= 0 else -1
+
     def wait_for_exit(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for this instance to finish exiting; True if it did.
 
@@ -262,9 +276,16 @@ class _Spawn:
     """A request to the launcher thread: exec ``argv`` and open its pidfd."""
 
     def __init__(
-        self, argv: list[str], env: dict[str, str], pass_fds: tuple[int, ...], output: int | None, application: bool
+        self,
+        argv: list[str],
+        env: dict[str, str],
+        pass_fds: tuple[int, ...],
+        output: int | None,
+        application: bool,
+        sandbox: Prepared | None = None,
     ) -> None:
         self.argv = argv
+        self.sandbox = sandbox  # applied in the child before exec (nsxpc._sandbox)
         self.env = env
         self.pass_fds = pass_fds
         self.output = output  # an fd to write stdout and stderr to, or None for a pipe
@@ -493,6 +514,9 @@ def _spawn_now(request: _Spawn) -> None:
     preexec: Callable[[], None] | None = None
     if request.application:
         preexec = _die_with_parent(os.getpid())
+    if request.sandbox is not None:
+        # The sandbox first: PDEATHSIG is set after the credential change a new user namespace makes.
+        preexec = _chain(request.sandbox.apply, preexec)
     output: int = subprocess.PIPE if request.output is None else request.output
     proc = subprocess.Popen(
         request.argv,
@@ -514,6 +538,15 @@ def _spawn_now(request: _Spawn) -> None:
         proc.wait()
         raise
     request.proc = proc
+
+
+def _chain(first: Callable[[], None], then: Callable[[], None] | None) -> Callable[[], None]:
+    def setup() -> None:
+        first()
+        if then is not None:
+            then()
+
+    return setup
 
 
 _prctl: Any = None
@@ -650,15 +683,30 @@ def _start(
     }
     if lock_fd >= 0:
         extra["NSXPC_LOCK_FD"] = str(lock_fd)
-    request = _Spawn([bundle.executable], service_environment(bundle, extra), tuple(fds), output_fd, application)
+    env = service_environment(bundle, extra)
+    sandbox: Prepared | None = None
+    try:
+        if bundle.sandbox is not None:
+            sandbox = prepare(bundle.sandbox, bundle.path, bundle.executable, env, os.path.dirname(path))
+    except SandboxError as exc:
+        sock.close()
+        os.close(ready_w)
+        os.close(ready_r)
+        raise _sandbox_refused(bundle, str(exc)) from None
+    request = _Spawn([bundle.executable], env, tuple(fds), output_fd, application, sandbox)
     try:
         launcher.spawn(request)
     except Exception as exc:
         os.close(ready_r)
+        why = sandbox.child_failure() if sandbox is not None else None
+        if why is not None:
+            raise _sandbox_refused(bundle, why) from exc
         raise _exec_failed(bundle, exc) from exc
     finally:
         sock.close()
         os.close(ready_w)
+        if sandbox is not None:
+            sandbox.close()
     proc = request.proc
     assert proc is not None
     output = "this process's stderr" if application else f"{os.path.dirname(path)}/{name}.log"
@@ -722,6 +770,14 @@ def _await_ready(launcher: _Launcher, inst: LaunchedService, ready_r: int) -> No
                 )
     finally:
         os.close(ready_r)
+
+
+def _sandbox_refused(bundle: ServiceBundle, why: str) -> LaunchError:
+    return LaunchError(
+        f"cannot launch the service {bundle.identifier}: the sandbox profile of {bundle.path} "
+        f"cannot be enforced: {why}",
+        service_name=bundle.identifier,
+    )
 
 
 def _exec_failed(bundle: ServiceBundle, exc: Exception) -> LaunchError:

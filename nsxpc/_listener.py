@@ -29,25 +29,46 @@ systemd still holds is never shut down (that would break later activations).
 from __future__ import annotations
 
 import atexit
+import collections
 import errno
 import os
+import select
 import socket
 import threading
+import time
 import weakref
 from typing import Any
 
 from ._connection import Connection
-from ._errors import ErrorCode, XPCError
+from ._errors import ErrorCode, LimitExceeded, PeerRequirementFailure, ProtocolError, XPCError
+from ._framing import HEADER
 from ._limits import DEFAULT_LIMITS, Limits
 from ._log import log
+from ._protocol import ConnectionCore
+from ._requirements import PeerRequirement, check_peer, check_sound
 from ._state import Lifecycle
-from ._transport import check_socket_path, connect_unix, runtime_dir, service_socket_path, try_flock
+from ._transport import (
+    RECV_SIZE,
+    PeerCredentials,
+    check_socket_path,
+    connect_unix,
+    peer_credentials,
+    recv_chunk,
+    runtime_dir,
+    service_socket_path,
+    try_flock,
+)
 from ._values import ListenerEndpoint
 
 __all__ = ["Listener"]
 
 #: Large enough that 1,000 simultaneous connects all succeed (asyncio's 100 lost 899).
 BACKLOG = 4096
+#: The largest first frame (HELLO) a peer may send before it is accepted: a peer still
+#: in its handshake costs the listener at most this much memory.
+MAX_HANDSHAKE_FRAME = 64 * 1024
+#: New connections accepted per wake-up before the others (handshakes) get a turn.
+_ACCEPT_BATCH = 64
 _live: weakref.WeakSet[Listener] = weakref.WeakSet()
 _service_listener: Listener | None = None
 _service_lock = threading.Lock()
@@ -67,27 +88,35 @@ class Listener:
 
     Args:
         mach_service_name: the name clients pass to ``Connection(mach_service_name=...)``.
-        loop: an asyncio event loop for accepted connections.
+        loop: an asyncio event loop: accepted connections (and the delegate) run on it.
         limits: resource limits applied to every accepted connection.
 
     Raises:
-        ValueError: the name is invalid or too long for a socket path.
+        ValueError: the name is invalid or too long for a socket path, or ``loop`` is closed.
+        TypeError: ``loop`` is not an asyncio event loop.
     """
+
+    #: The class of accepted connections (an XPCListener accepts message connections).
+    _connection_class: type[Connection] = Connection
 
     def __init__(
         self, *, mach_service_name: str | None = None, loop: Any = None, limits: Limits = DEFAULT_LIMITS
     ) -> None:
         if mach_service_name is None:
             raise TypeError("use Listener.anonymous() or Listener(mach_service_name=...)")
-        if loop is not None:
-            raise NotImplementedError("Listener(loop=...) is not available yet")
-        self._init(limits)
+        self._init(limits, loop)
         self.mach_service_name: str | None = mach_service_name
         self._path = service_socket_path(mach_service_name)
         self._adopted: socket.socket | None = _socket_from_systemd(mach_service_name, self._path)
 
-    def _init(self, limits: Limits) -> None:
+    def _init(self, limits: Limits, loop: Any = None) -> None:
         self._limits = limits
+        #: The asyncio loop accepted connections run on (``loop=``), else None: threads.
+        self._loop: Any = None
+        if loop is not None:
+            from ._aio import check_loop  # asyncio is imported only by programs that use it
+
+            self._loop = check_loop(loop)
         self._life = Lifecycle()
         self._cond = threading.Condition(threading.RLock())
         self._delegate: Any = None
@@ -97,6 +126,10 @@ class Listener:
         self._token = b""
         self._thread: threading.Thread | None = None
         self._connections: set[Connection] = set()
+        #: Connections per peer uid, handshake complete or not (Limits.max_connections_per_uid).
+        self._per_uid: collections.Counter[int] = collections.Counter()
+        self._requirement: PeerRequirement | None = None
+        self._wake_fd = -1  # wakes the accept loop (suspend, resume, invalidate)
         self._adopted = None  # a socket handed over by systemd, bound at resume()
         self._owns_path = True  # False: the launcher or systemd owns the socket file
         self._shared_socket = False  # True: systemd holds the same socket; never shut it down
@@ -108,10 +141,8 @@ class Listener:
     def anonymous(cls, *, loop: Any = None, limits: Limits = DEFAULT_LIMITS) -> Listener:
         """A listener with no name, reachable only through its :attr:`endpoint`
         (``+[NSXPCListener anonymousListener]``)."""
-        if loop is not None:
-            raise NotImplementedError("Listener(loop=...) is not available yet")
         self = object.__new__(cls)
-        self._init(limits)
+        self._init(limits, loop)
         self._token = os.urandom(16)
         self._path = os.path.join(runtime_dir(), f"anon-{os.getpid()}-{os.urandom(6).hex()}.sock")
         check_socket_path(self._path)
@@ -119,7 +150,7 @@ class Listener:
         return self
 
     @classmethod
-    def service(cls, *, limits: Limits = DEFAULT_LIMITS) -> Listener:
+    def service(cls, *, loop: Any = None, limits: Limits = DEFAULT_LIMITS) -> Listener:
         """The listener of a service launched on demand (``+[NSXPCListener serviceListener]``).
 
         It adopts the socket the launcher bound for this process and tells the
@@ -133,6 +164,8 @@ class Listener:
         global _service_listener
         with _service_lock:
             if _service_listener is not None:
+                if loop is not None and _service_listener._loop is not loop:
+                    raise RuntimeError("Listener.service() was already made with another loop")
                 return _service_listener
             env = os.environ
             fd_text = env.get("NSXPC_LISTEN_FD")
@@ -149,7 +182,7 @@ class Listener:
             for key in ("NSXPC_LISTEN_FD", "NSXPC_LOCK_FD", "NSXPC_READY_FD"):
                 env.pop(key, None)
             self = object.__new__(cls)
-            self._init(limits)
+            self._init(limits, loop)
             self.service_name = env.get("NSXPC_SERVICE_NAME") or None
             self._owns_path = False
             name = sock.getsockname()
@@ -188,6 +221,26 @@ class Listener:
             raise TypeError("a listener delegate needs a should_accept_new_connection(listener, connection) method")
         self._delegate = value
 
+    def set_connection_peer_requirement(self, requirement: PeerRequirement) -> None:
+        """Require every peer that connects to satisfy ``requirement``
+        (``-[NSXPCListener setConnectionCodeSigningRequirement:]``). It is checked at
+        accept, against the identity the kernel gave at connect, before the delegate
+        sees the connection or any message of it is read: a peer that fails is refused
+        (it sees ``ConnectionInvalid``, naming the requirement) and logged here.
+
+        Raises:
+            TypeError: ``requirement`` is not an ``nsxpc.PeerRequirement``.
+            ValueError: it can be met by an executable alone (docs/SECURITY.md).
+            RuntimeError: a requirement was already set, or the listener was resumed.
+        """
+        req = check_sound(requirement)
+        with self._cond:
+            if self._requirement is not None:
+                raise RuntimeError(f"{self!r} already has a connection peer requirement ({self._requirement!r})")
+            if self._life.activated or self._life.invalid:
+                raise RuntimeError("set_connection_peer_requirement() must be called before resume()")
+            self._requirement = req
+
     @property
     def endpoint(self) -> ListenerEndpoint:
         """A value that lets any process connect to this listener."""
@@ -212,11 +265,13 @@ class Listener:
                     self._life.invalidate()
                     raise
             if running and self._thread is None:
+                self._wake_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
                 self._thread = threading.Thread(
                     target=self._accept_loop, name=f"nsxpc listener {self._path}", daemon=True
                 )
                 self._thread.start()
             self._cond.notify_all()
+            self._wake()
 
     def activate(self) -> None:
         """Start an inactive listener; does nothing if it was already activated."""
@@ -227,6 +282,7 @@ class Listener:
         """Stop accepting new connections until the matching ``resume()``."""
         with self._cond:
             self._life.suspend()
+            self._wake()
 
     def invalidate(self) -> None:
         """Stop accepting for good and remove the socket. Accepted connections stay up."""
@@ -234,6 +290,7 @@ class Listener:
             if not self._life.invalidate():
                 return
             self._cond.notify_all()
+            self._wake()
             sock = self._sock
         if sock is not None and self._shared_socket:
             # systemd keeps this socket for the next activation: wake accept() with a
@@ -314,44 +371,211 @@ class Listener:
 
     # ------------------------------------------------------------------ accepting
 
+    def _wake(self) -> None:
+        """Wake the accept loop (called with ``_cond`` held)."""
+        if self._wake_fd >= 0:
+            try:
+                os.eventfd_write(self._wake_fd, 1)
+            except OSError:
+                pass
+
     def _accept_loop(self) -> None:
+        """The listener's thread: accepts, and holds each new connection until its whole
+        first frame (the handshake) has arrived, all in one epoll set. A peer that stays
+        silent costs a socket and at most MAX_HANDSHAKE_FRAME bytes, never a thread, and
+        is closed at Limits.handshake_timeout; only a peer whose handshake is complete
+        gets a Connection (and its serial queue). Identity is read and checked once, at
+        accept: the listener's peer requirement and the per-uid cap apply before
+        anything of the peer is read."""
+        epoll = select.epoll()
+        with self._cond:
+            wake = self._wake_fd
+        epoll.register(wake, select.EPOLLIN)
+        pending: dict[int, _Handshake] = {}
+        listen_fd = -1  # the listening socket's fd while it is in the epoll set
+        backoff_until = 0.0
+        buffer = memoryview(bytearray(RECV_SIZE))
         try:
             while True:
                 with self._cond:
-                    while not self._life.running and not self._life.invalid:
-                        self._cond.wait()
+                    # Under the lock: invalidate() closes the socket (and its fd number may be
+                    # reused at once), so it is registered only while known to be open.
                     if self._life.invalid:
                         return
                     sock = self._sock
-                assert sock is not None
-                try:
-                    client, _ = sock.accept()
-                except OSError as exc:
-                    if self._life.invalid:
-                        return
-                    if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                        log.warning("nsxpc: listener %s cannot accept (%s); backing off", self._path, exc.strerror)
-                        with self._cond:
-                            self._cond.wait(0.1)
-                        continue
-                    if exc.errno in (errno.ECONNABORTED, errno.EINTR):
-                        continue
-                    log.error("nsxpc: listener %s stopped: %s", self._path, exc.strerror)
-                    return
-                if self._life.invalid:
-                    client.close()  # the wake-up connection of invalidate(), or one that lost the race
-                    return
-                try:
-                    conn = Connection._accepted(self, client, self._limits)
-                except OSError as exc:
-                    log.warning("nsxpc: dropped a new connection at %s: %s", self._path, exc.strerror)
-                    client.close()
-                    continue
-                with self._cond:
-                    self._connections.add(conn)
+                    accepting = self._life.running and sock is not None and time.monotonic() >= backoff_until
+                    if accepting and listen_fd < 0:
+                        assert sock is not None
+                        sock.setblocking(False)  # accept in batches, until EAGAIN
+                        listen_fd = sock.fileno()
+                        epoll.register(listen_fd, select.EPOLLIN)
+                    elif not accepting and listen_fd >= 0:
+                        _unregister(epoll, listen_fd)
+                        listen_fd = -1
+                now = time.monotonic()
+                deadlines = [h.deadline for h in pending.values()]
+                if backoff_until > now:
+                    deadlines.append(backoff_until)
+                timeout = max(0.0, min(deadlines) - now) if deadlines else -1.0
+                for fd, _mask in epoll.poll(timeout):
+                    if fd == wake:
+                        try:
+                            os.eventfd_read(wake)
+                        except BlockingIOError:
+                            pass
+                    elif fd == listen_fd:
+                        assert sock is not None
+                        if not self._accept_batch(sock, epoll, pending):
+                            backoff_until = time.monotonic() + 0.1
+                    elif fd in pending:
+                        self._read_handshake(pending, pending[fd], buffer, epoll)
+                now = time.monotonic()
+                for hs in [h for h in pending.values() if h.deadline <= now]:
+                    log.warning(
+                        "nsxpc: the connection from %s to %s did not complete the handshake within %g s "
+                        "(nsxpc.Limits.handshake_timeout); closing it",
+                        _who(hs.creds),
+                        self._path,
+                        self._limits.handshake_timeout,
+                    )
+                    self._drop_handshake(pending, hs, epoll)
         finally:
+            for hs in list(pending.values()):
+                self._drop_handshake(pending, hs, epoll)
+            epoll.close()
             with self._cond:
+                self._wake_fd = -1
+                os.close(wake)
                 self._close()
+
+    def _accept_batch(self, sock: socket.socket, epoll: select.epoll, pending: dict[int, _Handshake]) -> bool:
+        """Accept what is waiting; False to back off (out of fds or memory)."""
+        for _ in range(_ACCEPT_BATCH):
+            try:
+                client, _ = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return True
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log.warning("nsxpc: listener %s cannot accept (%s); backing off", self._path, exc.strerror)
+                    return False
+                if exc.errno == errno.ECONNABORTED:
+                    continue
+                if not self._life.invalid:
+                    log.error("nsxpc: listener %s cannot accept: %s", self._path, exc.strerror)
+                return False
+            if self._life.invalid:
+                client.close()  # the wake-up connection of invalidate(), or one that lost the race
+                return True
+            self._admit(client, epoll, pending)
+        return True
+
+    def _admit(self, client: socket.socket, epoll: select.epoll, pending: dict[int, _Handshake]) -> None:
+        try:
+            creds = peer_credentials(client)
+        except OSError as exc:
+            log.warning("nsxpc: dropped a new connection at %s: %s", self._path, exc.strerror)
+            client.close()
+            return
+        limits = self._limits
+        refusal: XPCError | None = None
+        try:
+            check_peer(self._requirement, creds, "the peer")
+        except PeerRequirementFailure as exc:
+            refusal = exc
+        with self._cond:
+            if refusal is None and self._per_uid[creds.uid] >= limits.max_connections_per_uid:
+                refusal = LimitExceeded(
+                    f"uid {creds.uid} already has {limits.max_connections_per_uid} connections to this listener "
+                    "(nsxpc.Limits.max_connections_per_uid)"
+                )
+            elif refusal is None and len(pending) >= limits.max_pending_connections:
+                refusal = LimitExceeded(
+                    f"this listener already has {limits.max_pending_connections} connections in their handshake "
+                    "(nsxpc.Limits.max_pending_connections)"
+                )
+            if refusal is None:
+                self._per_uid[creds.uid] += 1
+        if refusal is not None:
+            log.warning("nsxpc: listener %s refused the connection from %s: %s", self._path, _who(creds), refusal)
+            _refuse(client, refusal)
+            return
+        hs = _Handshake(client, creds, time.monotonic() + limits.handshake_timeout)
+        pending[hs.fd] = hs
+        epoll.register(hs.fd, select.EPOLLIN | select.EPOLLRDHUP)
+        # A client sends HELLO right after connect(): it is usually here already.
+        self._read_handshake(pending, hs, None, epoll)
+
+    def _read_handshake(
+        self, pending: dict[int, _Handshake], hs: _Handshake, buffer: memoryview | None, epoll: select.epoll
+    ) -> None:
+        sock = hs.sock
+        if sock is None:
+            return
+        try:
+            chunk = recv_chunk(sock, buffer if buffer is not None else memoryview(bytearray(4096)))
+        except (OSError, XPCError):
+            chunk = (memoryview(b""), [])
+        if chunk is None:
+            return
+        data, fds = chunk
+        hs.fds.extend(fds)
+        if not data:
+            self._drop_handshake(pending, hs, epoll)  # gone before its handshake: nothing to tell
+            return
+        hs.data += data
+        if len(hs.data) < HEADER.size:
+            return
+        length, _, _ = HEADER.unpack_from(hs.data)
+        if length > MAX_HANDSHAKE_FRAME:
+            log.warning("nsxpc: the connection from %s sent a %d-byte handshake; closing it", _who(hs.creds), length)
+            _refuse(
+                sock, ProtocolError(f"a handshake frame of {length} bytes is over the cap of {MAX_HANDSHAKE_FRAME}")
+            )
+            hs.sock = None
+            self._drop_handshake(pending, hs, epoll)
+            return
+        if len(hs.data) >= HEADER.size + length:
+            self._hand_over(pending, hs, epoll)
+
+    def _hand_over(self, pending: dict[int, _Handshake], hs: _Handshake, epoll: select.epoll) -> None:
+        """The first frame is complete: the connection gets its own queue from here."""
+        del pending[hs.fd]
+        _unregister(epoll, hs.fd)
+        sock, hs.sock = hs.sock, None
+        assert sock is not None
+        sock.setblocking(True)
+        fds, hs.fds = tuple(hs.fds), []
+        with self._cond:
+            # Under the lock: a connection that ends at once is forgotten after it is added.
+            try:
+                conn = self._connection_class._accepted(self, sock, self._limits, hs.creds, bytes(hs.data), fds)
+            except OSError as exc:
+                log.warning("nsxpc: dropped a new connection at %s: %s", self._path, exc.strerror)
+                sock.close()
+                for fd in fds:
+                    os.close(fd)
+                self._release_uid(hs.creds.uid)
+                return
+            self._connections.add(conn)
+
+    def _drop_handshake(self, pending: dict[int, _Handshake], hs: _Handshake, epoll: select.epoll) -> None:
+        pending.pop(hs.fd, None)
+        _unregister(epoll, hs.fd)
+        if hs.sock is not None:
+            hs.sock.close()
+            hs.sock = None
+        for fd in hs.fds:
+            os.close(fd)
+        hs.fds = []
+        with self._cond:
+            self._release_uid(hs.creds.uid)
+
+    def _release_uid(self, uid: int) -> None:
+        """Called with ``_cond`` held."""
+        self._per_uid[uid] -= 1
+        if self._per_uid[uid] <= 0:
+            del self._per_uid[uid]
 
     def _offer(self, conn: Connection) -> bool:
         """Ask the delegate about ``conn`` (one at a time: the listener's serial queue)."""
@@ -369,7 +593,44 @@ class Listener:
 
     def _forget(self, conn: Connection) -> None:
         with self._cond:
-            self._connections.discard(conn)
+            if conn in self._connections:
+                self._connections.discard(conn)
+                if conn._creds is not None:
+                    self._release_uid(conn._creds.uid)
+
+
+class _Handshake:
+    """A connection accepted but not yet handed to a Connection: its first bytes."""
+
+    __slots__ = ("creds", "data", "deadline", "fd", "fds", "sock")
+
+    def __init__(self, sock: socket.socket, creds: PeerCredentials, deadline: float) -> None:
+        self.sock: socket.socket | None = sock
+        self.fd = sock.fileno()
+        self.creds = creds
+        self.deadline = deadline
+        self.data = bytearray()
+        self.fds: list[int] = []
+
+
+def _who(creds: PeerCredentials) -> str:
+    return f"pid {creds.pid} (uid {creds.uid})"
+
+
+def _unregister(epoll: select.epoll, fd: int) -> None:
+    try:
+        epoll.unregister(fd)
+    except (OSError, ValueError):
+        pass
+
+
+def _refuse(sock: socket.socket, error: XPCError) -> None:
+    """Tell a peer why it is refused (REFUSE, never blocking: it may read nothing) and close."""
+    try:
+        sock.send(ConnectionCore(client=False).refuse(error), socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+    except OSError:
+        pass
+    sock.close()
 
 
 @atexit.register

@@ -18,6 +18,8 @@ __all__ = [
     "FAILURE",
     "HELLO",
     "INVOKE",
+    "KIND_NSXPC",
+    "KIND_XPC",
     "MAGIC",
     "REFUSE",
     "RELEASE",
@@ -26,9 +28,18 @@ __all__ = [
     "VERSION",
     "WELCOME",
     "check_envelope",
+    "kind_mismatch",
 ]
 
 MAGIC = "nsxpc"
+#: HELLO kinds: NSXPC proxies (Connection/Listener) or XPC messages (XPCSession,
+#: XPCListener, nsxpc.xpc). A listener serves one kind and refuses the other.
+KIND_NSXPC = "nsxpc"
+KIND_XPC = "xpc"
+_KIND_NAMES = {
+    KIND_NSXPC: "NSXPC proxies (kind 'nsxpc': nsxpc.Connection / nsxpc.Listener)",
+    KIND_XPC: "XPC messages (kind 'xpc': nsxpc.XPCSession / nsxpc.XPCListener / nsxpc.xpc)",
+}
 #: Wire protocol version. A peer speaking another version is refused at handshake.
 VERSION = 1
 #: The exported object of a connection is object 1 (NSXPC's proxy number 1).
@@ -65,6 +76,13 @@ def check_envelope(msg: Any) -> list[Any]:
     if len(msg) != len(shape) or any(type(v) is not t for v, t in zip(msg, shape, strict=True)):
         raise ProtocolError(f"malformed {_NAMES[msg[0]]} message")
     return msg
+
+
+def kind_mismatch(peer: str, ours: str) -> str:
+    """The refusal reason when a HELLO's kind is not the listener's: names both kinds."""
+    theirs = _KIND_NAMES.get(peer, f"unknown kind {peer!r}")
+    ours_ = _KIND_NAMES.get(ours, repr(ours))
+    return f"connection kind mismatch: the peer speaks {theirs}, but this listener serves only {ours_}"
 
 
 def check_hello_version(msg: Any) -> None:

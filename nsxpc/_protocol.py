@@ -18,6 +18,13 @@ Invariants (the exactly-once contract, NSXPC H9):
   wrong arity, or whose arguments fail their allowlist is refused alone
   (:class:`CallRejected`); the connection stays up. A malformed envelope or
   corrupt framing is a :class:`Violation`: nothing after it is read.
+- Objects by proxy (NSXPC X6): :class:`ExportTable` maps ids to exported
+  objects. The root object is id 1; every other id is allocated once per
+  connection and never reused, so a stale id can never reach a newer object.
+  An object exported again (same object, same interface) keeps its id and
+  gains a count; each RELEASE takes one count, and the entry goes at zero.
+  An INVOKE naming an id the table does not hold is refused alone
+  (ProtocolError code, the id in the message); the connection stays up.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from typing import Any
 from . import _codec, _messages
 from ._coding import DecodeContext, EncodeContext, SlotType, decode_value, encode_value
 from ._errors import DecodingError, EncodingError, ProtocolError, ReplyInvalid, XPCError, error_for_code
+from ._fdvalues import NEVER, SCM_MAX_FD, MessageFds, close_fds, forget
 from ._framing import FrameDecoder, encode_frame
 from ._interface import Interface, MethodSpec
 from ._limits import DEFAULT_LIMITS, Limits
@@ -39,6 +47,7 @@ __all__ = [
     "CallRejected",
     "ConnectionCore",
     "Event",
+    "ExportTable",
     "HelloReceived",
     "PendingCall",
     "Refused",
@@ -47,6 +56,7 @@ __all__ = [
     "Violation",
     "Welcomed",
     "encode_arguments",
+    "interface_of",
 ]
 
 
@@ -62,42 +72,61 @@ def encode_arguments(
     what: str,
     max_depth: int,
     export_object: ObjectExporter | None,
+    limits: Limits | None = None,
 ) -> tuple[list[object], list[int]]:
     """Check and encode the arguments of a call or reply against their slots.
 
-    Returns the wire trees and the fds they carry.
+    Returns the wire trees and the fds they carry: duplicates the message owns,
+    which the caller closes once the frame is written or dropped. Without
+    ``limits`` no ``bytes`` is promoted to shared memory.
 
     Raises:
-        EncodingError: a value fails its slot's allowlist or annotation, or cannot be carried.
+        EncodingError: a value fails its slot's allowlist or annotation, or cannot
+            be carried, or the message would carry more fds than ``limits.max_fds``.
     """
     if len(values) != len(slots):
         raise EncodingError(f"{selector}: expected {len(slots)} {what}s, got {len(values)}")
+    threshold = None if limits is None else limits.shared_memory_threshold
+    promote = NEVER if threshold is None else threshold
     fds: list[int] = []
     ctx: EncodeContext | None = None
     out: list[object] = []
-    for index in range(len(slots)):
-        slot = slots[index]
-        value = values[index]
-        if not slot.check(value):
-            raise EncodingError(f"{selector} {what} {index}: {slot.explain(value)}")
-        t = type(value)
-        if t in _FAST and slot.interface is None:
-            if t is int and not _INT_MIN <= value <= _INT_MAX:  # type: ignore[operator]
-                raise EncodingError(f"{selector} {what} {index}: integer {value} does not fit in 64 bits")
-            out.append(value)
-            continue
-        try:
-            if ctx is None:
-                ctx = EncodeContext(max_depth, fds, export_object)
-            if slot.interface is not None:
-                if export_object is None:
-                    raise EncodingError("objects by proxy need a connection that exports them")
-                out.append(_codec.ExtType(_codec.EXT_PROXY, _codec.pack(export_object(value, slot))))
-            else:
-                out.append(encode_value(value, ctx))
-        except EncodingError as exc:
-            raise EncodingError(f"{selector} {what} {index}: {exc.message}") from None
-    return out, fds
+    try:
+        for index in range(len(slots)):
+            slot = slots[index]
+            value = values[index]
+            if not slot.check(value):
+                raise EncodingError(f"{selector} {what} {index}: {slot.explain(value)}")
+            t = type(value)
+            if t in _FAST and slot.interface is None and (t is not bytes or len(value) <= promote):  # type: ignore[arg-type]
+                if t is int and not _INT_MIN <= value <= _INT_MAX:  # type: ignore[operator]
+                    raise EncodingError(f"{selector} {what} {index}: integer {value} does not fit in 64 bits")
+                out.append(value)
+                continue
+            try:
+                if ctx is None:
+                    ctx = EncodeContext(max_depth, fds, export_object, threshold)
+                if slot.interface is not None:
+                    if export_object is None:
+                        raise EncodingError("objects by proxy need a connection that exports them")
+                    out.append(_codec.ExtType(_codec.EXT_PROXY, _codec.pack(export_object(value, slot))))
+                else:
+                    out.append(encode_value(value, ctx))
+            except EncodingError as exc:
+                raise EncodingError(f"{selector} {what} {index}: {exc.message}") from None
+    except BaseException:
+        close_fds(fds)  # a half-encoded message owns the fds it made so far
+        raise
+    if not fds:
+        return out, fds
+    max_fds = SCM_MAX_FD if limits is None else min(limits.max_fds, SCM_MAX_FD)
+    if len(fds) > max_fds:
+        close_fds(fds)
+        raise EncodingError(
+            f"{selector}: the message would carry {len(fds)} file descriptors, more than "
+            f"the cap of {max_fds} (nsxpc.Limits.max_fds)"
+        )
+    return out, MessageFds(fds)
 
 
 class PendingCall:
@@ -227,6 +256,90 @@ ObjectExporter = Callable[[object, Any], int]
 Event = BadHello | HelloReceived | Welcomed | Refused | CallReceived | CallRejected | Resolved | Released | Violation
 Exports = dict[int, tuple[object, Interface]]
 
+_DEFAULT_INTERFACES: dict[type, Interface] = {}
+
+
+def interface_of(slot: SlotType) -> Interface:
+    """The Interface a by-proxy slot carries: the one given to ``set_interface`` (or
+    returned by ``interface_for``), else the default interface of its annotation."""
+    iface = slot.interface
+    if isinstance(iface, Interface):
+        return iface
+    found = _DEFAULT_INTERFACES.get(iface)
+    if found is None:
+        found = _DEFAULT_INTERFACES[iface] = Interface(iface)
+    return found
+
+
+class ExportTable(dict[int, tuple[object, Interface]]):
+    """A connection's exported objects by id: the root object (id 1) and the objects
+    passed by proxy, each with the number of references the peer holds.
+
+    A dict of ``id -> (object, interface)`` (the core looks targets up in it) with the
+    counts beside it. Not thread-safe: the runtime serialises its calls.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._counts: dict[int, int] = {}
+        # (id(object), id(interface)) -> object id; the entry's strong references keep
+        # both alive, so neither id() can be reused while the key exists.
+        self._ids: dict[tuple[int, int], int] = {}
+        self._next = _messages.ROOT_OBJECT + 1
+        #: Bumped whenever objects passed by proxy are dropped wholesale (interruption).
+        self.generation = 0
+
+    def export(self, obj: object, iface: Interface) -> int:
+        """Export ``obj`` (once more) and return its id."""
+        key = (id(obj), id(iface))
+        ident = self._ids.get(key)
+        if ident is not None:
+            self._counts[ident] += 1
+            return ident
+        ident = self._next
+        self._next = ident + 1
+        self._ids[key] = ident
+        self._counts[ident] = 1
+        self[ident] = (obj, iface)
+        return ident
+
+    def release(self, ident: int) -> tuple[bool, tuple[object, Interface] | None]:
+        """Take one reference to ``ident``. Returns whether the id was known, and the
+        entry if that was its last reference (for the caller to drop outside its locks).
+        The root object is never released by the peer."""
+        count = self._counts.get(ident)
+        if count is None:
+            return ident == _messages.ROOT_OBJECT and ident in self, None
+        if count > 1:
+            self._counts[ident] = count - 1
+            return True, None
+        del self._counts[ident]
+        entry = self.pop(ident)
+        del self._ids[(id(entry[0]), id(entry[1]))]
+        return True, entry
+
+    def drop_exported(self) -> list[tuple[object, Interface]]:
+        """Forget every object passed by proxy (the peer that held them is gone); keep
+        the root object. Returns the entries, for the caller to drop outside its locks."""
+        dropped = [self.pop(ident) for ident in self._counts]
+        self._counts.clear()
+        self._ids.clear()
+        self.generation += 1
+        return dropped
+
+    def clear(self) -> None:
+        self.drop_exported()
+        super().clear()
+
+    @property
+    def exported_count(self) -> int:
+        """How many objects passed by proxy the table holds (the root object excluded)."""
+        return len(self._counts)
+
+    def references(self, ident: int) -> int:
+        """How many references the peer holds to ``ident`` (0 if unknown)."""
+        return self._counts.get(ident, 0)
+
 
 class ConnectionCore:
     """The protocol state of one transport link (one socket, one handshake).
@@ -250,7 +363,7 @@ class ConnectionCore:
         self.client = client
         self.kind = kind
         self.limits = limits
-        self.exports: Exports = exports if exports is not None else {}
+        self.exports: Exports = exports if exports is not None else ExportTable()
         self.decoder = FrameDecoder(limits.max_frame_size, limits.max_fds)
         self._max_nodes = limits.max_nodes
         #: "hello" (server waits for HELLO), "welcome" (client waits), "open", or "closed".
@@ -259,6 +372,8 @@ class ConnectionCore:
         self._last_seq = 0
         #: fds of the current frame that a decoded value took ownership of.
         self.claimed_fds: set[int] = set()
+        #: values that adopted an fd of the frame being decoded (see _fdvalues).
+        self._frame_owned: list[tuple[int, object]] | None = None
         self.import_proxy: ProxyImporter | None = None
         self.export_object: ObjectExporter | None = None
 
@@ -301,8 +416,9 @@ class ConnectionCore:
         """
         assert method.reply is not None
         args, fds = encode_arguments(
-            method.reply, values, method.selector, "reply argument", self.limits.max_depth, self.export_object
-        )
+            method.reply, values, method.selector, "reply argument", self.limits.max_depth, self.export_object,
+            self.limits,
+        )  # fmt: skip
         return self._frame(_codec.pack([_messages.REPLY, seq, args]), len(fds), method), fds
 
     def _frame(self, body: bytes, nfds: int, method: MethodSpec) -> bytes:
@@ -359,6 +475,15 @@ class ConnectionCore:
                 frame = decoder.next_frame()
                 if frame is None:
                     return None
+                if decoder._fds and not decoder.buf:
+                    # fds come with their frame's first byte: with every byte received
+                    # consumed, these belong to no frame. Held, they would pile up.
+                    close_fds(frame.fds)
+                    stray = decoder.take_fds()
+                    close_fds(stray)
+                    raise ProtocolError(
+                        f"corrupt framing: {len(stray)} file descriptors arrived that no frame announced"
+                    )
                 if frame.fds:
                     event = self._on_frame_with_fds(frame.body, frame.fds)
                 else:
@@ -380,11 +505,26 @@ class ConnectionCore:
 
     def _on_frame_with_fds(self, body: bytes, fds: tuple[int, ...]) -> Event | None:
         """Decode a frame that carried fds; close every fd no decoded value took,
-        whatever happened to the message (refused, malformed, or delivered)."""
+        whatever happened to the message (refused, malformed, or delivered).
+
+        Values that adopted an fd while decoding own it only if the message is
+        delivered (a call received, a reply with values); otherwise they give it
+        up and it is closed here with the rest, exactly once."""
         self.claimed_fds = set()
+        owned: list[tuple[int, object]] = []
+        self._frame_owned = owned
+        event: Event | None = None
         try:
-            return self._on_frame(body, fds)
+            event = self._on_frame(body, fds)
+            return event
         finally:
+            self._frame_owned = None
+            if owned:
+                if type(event) is CallReceived or (type(event) is Resolved and event.error is None):
+                    self.claimed_fds = {fds[index] for index, _ in owned}
+                else:
+                    for _, value in owned:
+                        forget(value)
             for fd in fds:
                 if fd not in self.claimed_fds:
                     try:
@@ -399,9 +539,7 @@ class ConnectionCore:
                 _messages.check_hello_version(msg)
                 _, _, _, kind, token, info = _messages.check_envelope(msg)
                 if kind != self.kind:
-                    raise ProtocolError(
-                        f"peer opened a {kind!r} connection, but this listener serves {self.kind!r} connections"
-                    )
+                    raise ProtocolError(_messages.kind_mismatch(kind, self.kind))
             except ProtocolError as exc:
                 # Tell the peer why before closing: the handshake is where versions meet.
                 self.phase = "closed"
@@ -453,9 +591,13 @@ class ConnectionCore:
             raise ProtocolError("negative sequence number")
         entry = self.exports.get(target)
         if entry is None:
-            what = "no exported object to receive the message" if target == _messages.ROOT_OBJECT \
-                else f"no exported object with id {target}"  # fmt: skip
-            return CallRejected(seq, selector, DecodingError(f"{selector}: {what}"))
+            if target == _messages.ROOT_OBJECT:
+                return CallRejected(seq, selector, DecodingError(
+                    f"{selector}: no exported object to receive the message"))  # fmt: skip
+            # A proxy id this side never exported, or whose last reference was released:
+            # the peer is confused (or hostile), but the stream itself is intact.
+            return CallRejected(seq, selector, ProtocolError(
+                f"{selector}: no exported object with id {target} (never exported, or already released)"))  # fmt: skip
         obj, iface = entry
         method = iface.method(selector)
         if method is None:
@@ -508,7 +650,8 @@ class ConnectionCore:
             try:
                 if ctx is None:
                     limits = self.limits
-                    ctx = DecodeContext(fds, limits.max_depth, limits.max_nodes, limits.max_nodes, self.import_proxy)
+                    ctx = DecodeContext(fds, limits.max_depth, limits.max_nodes, limits.max_nodes, self.import_proxy,
+                                        owned=self._frame_owned, shm_left=limits.max_shared_memory)  # fmt: skip
                 value = self._decode_one(slot, value, ctx)
                 if not slot.check(value):
                     raise DecodingError(str(slot.explain(value)))
@@ -525,7 +668,7 @@ class ConnectionCore:
             if ctx.import_proxy is None:
                 raise DecodingError("objects by proxy are not supported on this connection")
             ident = ctx.unpack(value.data)
-            if type(ident) is not int:
+            if type(ident) is not int or ident < _messages.ROOT_OBJECT:
                 raise DecodingError("malformed proxy reference")
             return ctx.import_proxy(ident, slot)
         return decode_value(value, slot.allowed, ctx)

@@ -11,6 +11,14 @@ into a message on its connection. Three flavours share one class:
   block or error handler runs on the calling thread before the call returns,
   or, with the reply block omitted, the reply's value is returned and the
   error raised.
+
+A proxy received in a message (an object the peer passed by proxy) holds a
+:class:`RemoteRef`: one reference the peer counted when it sent the object.
+Proxies made from it (``remote_object_proxy_with_error_handler`` and the
+others) share it; when the last of them is garbage-collected the reference's
+finalizer posts a RELEASE for the connection to send (NSXPC X6). A reference
+belongs to the link it arrived on: after an interruption its calls fail with
+``ConnectionInvalid`` (NSXPC H5), while the root proxy reconnects.
 """
 
 from __future__ import annotations
@@ -18,12 +26,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ._interface import MethodSpec
+from ._interface import Interface, MethodSpec
 
 if TYPE_CHECKING:
     from ._connection import Connection
 
-__all__ = ["HANDLER", "PLAIN", "SYNC", "RemoteProxy", "bind_arguments"]
+__all__ = ["HANDLER", "PLAIN", "SYNC", "RemoteProxy", "RemoteRef", "bind_arguments"]
 
 PLAIN, HANDLER, SYNC = "plain", "handler", "sync"
 ErrorHandler = Callable[[Exception], object]
@@ -70,6 +78,33 @@ def bind_arguments(
     return values, reply
 
 
+class RemoteRef:
+    """One reference to an object the peer exported, received in a message.
+
+    ``link`` is the transport it arrived on (calls on it after that link is gone
+    fail), ``ident`` the peer's id for the object, ``interface`` its interface.
+    """
+
+    __slots__ = ("conn", "ident", "interface", "link")
+
+    def __init__(self, conn: Connection, link: Any, ident: int, interface: Interface) -> None:
+        self.conn = conn
+        self.link = link
+        self.ident = ident
+        self.interface = interface
+
+    def __repr__(self) -> str:
+        return f"<nsxpc remote reference to object {self.ident} ({self.interface.protocol.__qualname__})>"
+
+    def __del__(self) -> None:
+        # A finalizer may run on any thread, in the middle of anything (even while this
+        # thread holds one of the connection's locks): it only hands the release over.
+        try:
+            self.conn._release_later(self.link, self.ident)
+        except Exception:
+            pass
+
+
 class RemoteProxy:
     """A proxy for an object on the other side of a connection (NSXPC's remote object proxy).
 
@@ -88,6 +123,7 @@ class RemoteProxy:
         mode: str = PLAIN,
         handler: ErrorHandler | None = None,
         timeout: float | None = None,
+        ref: RemoteRef | None = None,
     ) -> None:
         if timeout is not None and not timeout > 0:
             raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
@@ -98,14 +134,34 @@ class RemoteProxy:
         self._mode = mode
         self._handler = handler
         self._timeout = timeout
+        self._ref = ref
 
     def __repr__(self) -> str:
-        return f"<nsxpc remote proxy ({self._mode}) object {self._target} on {self._conn!r}>"
+        if self._ref is not None:
+            what = f"{self._ref.interface.protocol.__qualname__} object {self._target} (passed by proxy)"
+        else:
+            what = f"object {self._target}"
+        return f"<nsxpc remote proxy ({self._mode}) {what} on {self._conn!r}>"
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
         if name.startswith("_"):
             raise AttributeError(name)
         conn, target, mode, handler, timeout = self._conn, self._target, self._mode, self._handler, self._timeout
+        ref = self._ref
+        if ref is not None:
+            # An object passed by proxy: its interface is the slot's, fixed when it arrived.
+            found = ref.interface.method(name)
+            if found is None:
+                raise AttributeError(f"{ref.interface.protocol.__qualname__} has no method {name!r}")
+            spec_of_ref = found
+
+            def call_ref(*args: Any, **kwargs: Any) -> Any:
+                values, reply = bind_arguments(spec_of_ref, args, kwargs)
+                return conn._call(target, spec_of_ref, values, reply, mode, handler, timeout, ref)
+
+            call_ref.__name__ = call_ref.__qualname__ = name
+            self.__dict__[name] = call_ref
+            return call_ref
         method = conn._method_for(target, name)
         iface = conn._remote_interface
 
@@ -119,14 +175,39 @@ class RemoteProxy:
         return call
 
     def __dir__(self) -> list[str]:
+        if self._ref is not None:
+            return sorted(self._ref.interface.selectors)
         return sorted(self._conn._selectors_for(self._target))
 
     def remote_object_proxy_with_error_handler(self, handler: ErrorHandler, timeout: float | None = None) -> Any:
-        """A proxy of the same object whose calls report failures to ``handler``."""
-        return RemoteProxy(self._conn, self._target, HANDLER, handler, timeout)
+        """A proxy of the same object whose calls end in exactly one of the reply block or
+        ``handler(error)`` (``-[NSXPCProxyCreating remoteObjectProxyWithErrorHandler:]``).
+
+        Raises:
+            TypeError: ``handler`` is not callable.
+            ValueError: ``timeout`` is not a positive number.
+        """
+        return RemoteProxy(self._conn, self._target, HANDLER, handler, timeout, self._ref)
 
     def synchronous_remote_object_proxy_with_error_handler(
         self, handler: ErrorHandler, timeout: float | None = None
     ) -> Any:
-        """A proxy of the same object whose calls wait for their reply."""
-        return RemoteProxy(self._conn, self._target, SYNC, handler, timeout)
+        """A proxy of the same object whose calls wait for their reply
+        (``-[NSXPCProxyCreating synchronousRemoteObjectProxyWithErrorHandler:]``).
+
+        Raises:
+            TypeError: ``handler`` is not callable.
+            ValueError: ``timeout`` is not a positive number.
+        """
+        return RemoteProxy(self._conn, self._target, SYNC, handler, timeout, self._ref)
+
+    def async_remote_object_proxy(self, timeout: float | None = None) -> Any:
+        """An asyncio proxy of the same object: awaiting a call gives the reply's value
+        (NSXPCProxyCreating, as ``Connection.async_remote_object_proxy``).
+
+        Raises:
+            ValueError: ``timeout`` is not a positive number.
+        """
+        from ._aio import AsyncRemoteProxy  # imported on first use: asyncio is not needed otherwise
+
+        return AsyncRemoteProxy(self._conn, self._target, timeout, self._ref)

@@ -6,8 +6,10 @@ gives it the delegate, resumes it, then runs forever on the bundle's
 
 - ``dispatch_main`` (default): the main thread just waits; connections run on
   nsxpc's threads, as they do everywhere else.
-- ``asyncio``: the main thread runs an asyncio event loop forever (connections
-  still use nsxpc's threads for now).
+- ``asyncio``: the main thread runs an asyncio event loop forever; the service
+  listener is made with ``loop=`` that loop, so every connection it accepts
+  delivers its handlers and exported calls (``async def`` methods included) on
+  the loop (docs/ASYNCIO.md).
 
 Idle exit (launchd's on-demand model, M1/M3): when no transaction has been open
 (``nsxpc.transaction()``, and the ones the runtime holds while a message is
@@ -47,7 +49,7 @@ _DEFAULT_IDLE_EXIT_SECONDS = 30.0
 __all__ = ["main"]
 
 
-def main(delegate: Any = None) -> NoReturn:
+def main(delegate: Any = None, *, incoming_session_handler: Any = None) -> NoReturn:
     """Run this process as a launched service, forever (``xpc_main`` /
     ``[[NSXPCListener serviceListener] resume]``).
 
@@ -57,13 +59,32 @@ def main(delegate: Any = None) -> NoReturn:
     is refused. The process exits with status 0 after ``NSXPCIdleExitSeconds``
     with no open transaction, or on SIGTERM.
 
+    With ``incoming_session_handler`` instead, the service serves XPC message
+    sessions (``XPCListener``): the handler gets each ``request`` and returns
+    ``request.accept(handler)`` or ``request.reject(reason=...)``.
+
     Raises:
         XPCError: the process was not launched as a service (see ``Listener.service()``).
-        TypeError: the delegate has no ``should_accept_new_connection`` method.
+        TypeError: the delegate has no ``should_accept_new_connection`` method, or
+            both a delegate and an incoming_session_handler were given.
     """
-    listener = Listener.service()
-    listener.delegate = delegate
-    if delegate is None:
+    run_loop = os.environ.get("NSXPC_RUN_LOOP_TYPE", "dispatch_main")
+    loop: Any = None
+    if run_loop == "asyncio":
+        import asyncio
+
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+    listener = Listener.service(loop=loop)
+    if incoming_session_handler is not None:
+        if delegate is not None:
+            raise TypeError("nsxpc.main() takes a delegate or an incoming_session_handler, not both")
+        from ._session import serve_sessions
+
+        serve_sessions(listener, incoming_session_handler)
+    else:
+        listener.delegate = delegate
+    if listener.delegate is None:
         log.warning("nsxpc: nsxpc.main() was given no delegate; every connection will be refused")
     for stream in (sys.stdout, sys.stderr):
         reconfigure = getattr(stream, "reconfigure", None)
@@ -74,14 +95,7 @@ def main(delegate: Any = None) -> NoReturn:
                 pass
     exit_requested = threading.Event()
     why: list[str] = []
-    run_loop = os.environ.get("NSXPC_RUN_LOOP_TYPE", "dispatch_main")
     idle = _idle_seconds()
-    loop: Any = None
-    if run_loop == "asyncio":
-        import asyncio
-
-        loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
 
     def request_exit(reason: str) -> None:
         why.append(reason)

@@ -22,6 +22,7 @@ import struct
 import attrs
 
 from ._errors import ConnectionInvalid, XPCError
+from ._fdvalues import MessageFds
 
 __all__ = [
     "PeerCredentials",
@@ -37,6 +38,8 @@ __all__ = [
 #: Linux's SO_PEERPIDFD (6.5+); Python 3.11 lacks the constant.
 SO_PEERPIDFD = getattr(socket, "SO_PEERPIDFD", 77)
 _UCRED = struct.Struct("3i")
+_INT = struct.Struct("i")
+_TIMEVAL = struct.Struct("ll")
 _MAX_SUN_PATH = 107
 RECV_SIZE = 64 * 1024
 
@@ -137,52 +140,85 @@ def connect_unix(path: str) -> socket.socket:
 
 
 def peer_credentials(sock: socket.socket) -> PeerCredentials:
-    """Read the peer's identity from the kernel (SO_PEERCRED, SO_PEERPIDFD).
+    """Read the peer's identity from the kernel, once, at connect or accept.
 
-    The executable path is read only while the peer's pidfd shows it alive
-    before and after the read, so a recycled PID cannot lend its executable.
+    pid, uid and gid come from SO_PEERCRED: the kernel's snapshot taken when the
+    peer called ``connect()`` (for a client looking at a listener: whoever last
+    called ``listen()``). The executable is ``/proc/<pid>/exe``, read only while
+    the peer's pidfd (SO_PEERPIDFD, Linux 6.5+) shows it alive before and after
+    the read, so a recycled pid cannot lend its executable. Without SO_PEERPIDFD
+    (older kernels) nothing ties the pid to the peer, so ``executable`` is None
+    rather than a guess.
     """
     pid, uid, gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
-    executable: str | None = None
-    pidfd = -1
     try:
-        pidfd = int.from_bytes(sock.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD, 4), "little", signed=True)
+        (pidfd,) = _INT.unpack(sock.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD, _INT.size))
     except OSError:
-        pidfd = -1
-    try:
-        if pidfd >= 0 and not _exited(pidfd):
-            try:
-                exe = os.readlink(f"/proc/{pid}/exe")
-            except OSError:
-                exe = None
-            if exe is not None and not _exited(pidfd):
-                executable = exe
-    finally:
-        if pidfd >= 0:
+        pidfd = -1  # ENOPROTOOPT: a kernel before 6.5
+    executable: str | None = None
+    if pidfd >= 0:
+        try:
+            executable = _read_exe(pid, pidfd)
+        finally:
             os.close(pidfd)
     return PeerCredentials(pid=pid, uid=uid, gid=gid, executable=executable)
 
 
-def spawned_credentials(pid: int) -> PeerCredentials:
-    """The identity of a process this process spawned (a launched service): its pid
-    from the spawn, our own effective ids (the launcher runs services as us), and its
-    executable read while its pidfd shows it alive."""
+def spawned_credentials(pid: int, pidfd: int) -> PeerCredentials:
+    """The identity of a process this process spawned (a launched service), known by the
+    pidfd of its spawn rather than by SO_PEERCRED, which names whoever called
+    ``listen()`` on the socket (research 2.1): the pid from the spawn, and the
+    effective uid and gid and the executable read from ``/proc`` while that pidfd
+    shows the process alive. Ids that cannot be read that way are our own (the
+    launcher runs services as us).
+
+    ``pidfd`` stays the caller's; -1 gives no executable.
+    """
+    uid, gid = os.geteuid(), os.getegid()
     executable: str | None = None
-    try:
-        pidfd = os.pidfd_open(pid)
-    except OSError:
-        pidfd = -1
     if pidfd >= 0:
         try:
+            with open(f"/proc/{pid}/status") as f:
+                status = f.read()
             if not _exited(pidfd):
-                exe = os.readlink(f"/proc/{pid}/exe")
-                if not _exited(pidfd):
-                    executable = exe
-        except OSError:
+                ids = {
+                    line.split(":", 1)[0]: line.split()[1:]
+                    for line in status.splitlines()
+                    if line[:4] in ("Uid:", "Gid:")
+                }
+                uid, gid = int(ids["Uid"][1]), int(ids["Gid"][1])  # real, *effective*, saved, fs
+        except (OSError, KeyError, IndexError, ValueError):
             pass
-        finally:
-            os.close(pidfd)
-    return PeerCredentials(pid=pid, uid=os.geteuid(), gid=os.getegid(), executable=executable)
+        executable = _read_exe(pid, pidfd)
+    return PeerCredentials(pid=pid, uid=uid, gid=gid, executable=executable)
+
+
+def _read_exe(pid: int, pidfd: int) -> str | None:
+    """``/proc/<pid>/exe``, bracketed: the pidfd names the process we mean, and it must
+    be alive before the read (so ``pid`` is still its pid) and after it (so the pid was
+    not recycled while we read)."""
+    if _exited(pidfd):
+        return None
+    try:
+        exe = os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return None
+    return None if _exited(pidfd) else exe
+
+
+#: How a write that timed out under limit_sending() fails: EAGAIN on a blocking socket.
+SLOW_CONSUMER = os.strerror(errno.EAGAIN)
+
+
+def limit_sending(sock: socket.socket, buffer_bytes: int, timeout: float) -> None:
+    """Bound what one peer can make us hold: the kernel keeps at most ``buffer_bytes``
+    unread for it (SO_SNDBUF; the kernel doubles it for bookkeeping and caps it at
+    net.core.wmem_max), and a blocking write that cannot put a byte into that buffer
+    for ``timeout`` seconds fails with EAGAIN (SO_SNDTIMEO) instead of waiting for a
+    peer that reads nothing."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, min(buffer_bytes, 2**31 - 1) // 2)
+    seconds = int(timeout)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _TIMEVAL.pack(seconds, int((timeout - seconds) * 1e6)))
 
 
 def _exited(pidfd: int) -> bool:
@@ -203,13 +239,21 @@ _CTRUNC = int(socket.MSG_CTRUNC)
 def send_frame(sock: socket.socket, frame: bytes, fds: list[int] | tuple[int, ...] = ()) -> None:
     """Write one whole frame (blocking), attaching ``fds`` to its first byte.
 
+    An fd list the message owns (``MessageFds``, from encoding) is closed once
+    the kernel has taken its own references, or when writing failed: the
+    receiver gets new fds, the sender keeps its values.
+
     Raises:
         OSError: the peer is gone (EPIPE, ECONNRESET) or another failure.
     """
     if fds:
-        sent = sock.sendmsg([frame], [(socket.SOL_SOCKET, _SCM, array.array("i", fds).tobytes())], _SEND_FLAGS)
-        if sent < len(frame):
-            sock.sendall(memoryview(frame)[sent:], _SEND_FLAGS)
+        try:
+            sent = sock.sendmsg([frame], [(socket.SOL_SOCKET, _SCM, array.array("i", fds).tobytes())], _SEND_FLAGS)
+            if sent < len(frame):
+                sock.sendall(memoryview(frame)[sent:], _SEND_FLAGS)
+        finally:
+            if type(fds) is MessageFds:
+                fds.close()
     else:
         sock.sendall(frame, _SEND_FLAGS)
 

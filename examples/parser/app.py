@@ -8,7 +8,9 @@ this script, which nsxpc launches on demand with the first message
 hostile: it makes the parser read through a wild pointer and die of SIGSEGV.
 The app is untouched: that call ends with ``ConnectionInterrupted``, the
 connection's interruption handler reports it, and the next file is parsed by a
-fresh instance of the service, on the same connection.
+fresh instance of the service, on the same connection. The service runs
+sandboxed (``NSXPCSandbox`` in its Info.plist: no network, a read-only
+filesystem limited to what it needs, memory and open-file limits).
 
 Exits 0 when every file was parsed or crashed only its parser, and every file
 after a crash was parsed by a new parser process; 1 otherwise. Every wait is bounded.

@@ -324,3 +324,41 @@ def test_a_delegate_that_raises_refuses_that_connection_and_the_listener_keeps_s
         assert sync_proxy(accepted).add(1, 2) == 3
     finally:
         listener.invalidate()
+
+
+def test_the_refusal_reason_reaches_a_synchronous_caller_every_time(
+    serve: Callable[..., ServerSide], connections: Connections
+):
+    # The caller reads its own reply and hands the REFUSE over to the queue; the end of
+    # stream right behind it must not overtake it and replace the reason (a race once).
+    side = serve(accept=False)
+    for _ in range(30):
+        conn = kitchen_client(connections, listener_endpoint=side.listener.endpoint)
+        with pytest.raises(nsxpc.ConnectionInvalid) as info:
+            sync_proxy(conn).add(1, 2)
+        assert "refused the connection" in str(info.value), str(info.value)
+
+
+def test_resume_and_invalidate_racing_on_many_threads_never_break_the_accept_thread():
+    # invalidate() closes the socket while the accept thread may be registering it;
+    # that once raised EBADF (or registered a reused fd number) in the accept thread.
+    errors: list[BaseException | None] = []
+    previous = threading.excepthook
+    threading.excepthook = lambda args: errors.append(args.exc_value)
+    try:
+
+        def churn() -> None:
+            for _ in range(150):
+                listener = nsxpc.Listener.anonymous()
+                listener.resume()
+                listener.invalidate()
+
+        workers = [threading.Thread(target=churn) for _ in range(3)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join(60)
+        assert not any(w.is_alive() for w in workers)
+    finally:
+        threading.excepthook = previous
+    assert errors == []
