@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,fuzz]'  # fuzz: atheris, so the fuzz smoke test runs in make test
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -53,7 +53,6 @@ bench: $(BENCH_STAMP)
 FUZZ_RUNS ?= 200000
 FUZZ_EXAMPLES ?= 20
 fuzz: $(STAMP)
-	$(PY) -m pip install --quiet -e '.[fuzz]'
 	$(PY) tests/fuzz/fuzz_decoder.py -runs=$(FUZZ_RUNS) -print_final_stats=1
 	NSXPC_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -p no:cacheprovider -o faulthandler_timeout=0 tests/unit/test_fuzz_core.py
 

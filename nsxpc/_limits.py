@@ -43,7 +43,7 @@ class Limits:
         send_timeout: seconds a write may wait for a peer that reads nothing before it
             is dropped as a slow consumer (``LimitExceeded``; listener side).
         max_pending_connections: connections a listener holds that have not completed
-            the handshake; one more is refused.
+            the handshake; when full, the oldest of them is closed to admit a new one.
         max_connections_per_uid: connections a listener holds from one uid (handshake
             complete or not); one more is refused.
         shared_memory_threshold: ``bytes`` values longer than this are *sent* through

@@ -489,17 +489,25 @@ class Listener:
                     f"uid {creds.uid} already has {limits.max_connections_per_uid} connections to this listener "
                     "(nsxpc.Limits.max_connections_per_uid)"
                 )
-            elif refusal is None and len(pending) >= limits.max_pending_connections:
-                refusal = LimitExceeded(
-                    f"this listener already has {limits.max_pending_connections} connections in their handshake "
-                    "(nsxpc.Limits.max_pending_connections)"
-                )
             if refusal is None:
                 self._per_uid[creds.uid] += 1
         if refusal is not None:
             log.warning("nsxpc: listener %s refused the connection from %s: %s", self._path, _who(creds), refusal)
             _refuse(client, refusal)
             return
+        if len(pending) >= limits.max_pending_connections:
+            # Full of peers that have not said HELLO: the oldest goes, not the newcomer.
+            # A real client says HELLO right after connect(), so stalled peers cannot
+            # lock it out by holding every slot until their timeout (test plan B2).
+            oldest = next(iter(pending.values()))
+            log.warning(
+                "nsxpc: listener %s has %d connections in their handshake (nsxpc.Limits.max_pending_connections); "
+                "closing the oldest, from %s",
+                self._path,
+                len(pending),
+                _who(oldest.creds),
+            )
+            self._drop_handshake(pending, oldest, epoll)
         hs = _Handshake(client, creds, time.monotonic() + limits.handshake_timeout)
         pending[hs.fd] = hs
         epoll.register(hs.fd, select.EPOLLIN | select.EPOLLRDHUP)
