@@ -671,13 +671,19 @@ def test_socket_files_are_not_left_behind(bundles: Bundles, runtime_dir: str) ->
     wait_exit(svc, kill=True)
 
 
-def test_launch_and_exit_cycles_leak_no_fd_thread_or_zombie(bundles: Bundles, connections: Connections) -> None:
+def launch_exit_cycles(bundles: Bundles, connections: Connections, n: int) -> dict[str, Any]:
+    """n launch, call, orderly exit cycles of one service (test plan D2): every pid
+    is reaped, every thread the cycles started ends, and no fd or socket file is
+    left. Returns the figures."""
     name = bundles.make()
     wait_exit(launch_service(name), kill=True)  # the launcher's own threads and fds exist from here on
     join_output_threads(name)
     fds, before = len(os.listdir("/proc/self/fd")), set(threading.enumerate())
+    folder = os.environ["NSXPC_RUNTIME_DIR"]  # the runtime_dir fixture (autouse) made it
+    sockets_before = set(os.listdir(folder))
     pids = []
-    for _ in range(10):
+    start = time.monotonic()
+    for _ in range(n):
         svc = launch_service(name)
         conn, proxy = connect(connections, svc)
         assert proxy.pid() == svc.pid
@@ -685,10 +691,24 @@ def test_launch_and_exit_cycles_leak_no_fd_thread_or_zombie(bundles: Bundles, co
         assert wait_exit(svc) == "the service exited with status 0"
         conn.invalidate()
         pids.append(svc.pid)
-    connections.close()
-    connections.made.clear()
+        connections.close()
+        connections.made.clear()
+    elapsed = time.monotonic() - start
     for thread in set(threading.enumerate()) - before:  # connection queues, output relays: all end
         thread.join(TIMEOUT)
         assert not thread.is_alive(), f"{thread.name} did not end"
     assert all(reaped(pid) for pid in pids)
-    assert len(os.listdir("/proc/self/fd")) == fds
+    return {
+        "cycles": n,
+        "seconds": round(elapsed, 1),
+        "fd_delta": len(os.listdir("/proc/self/fd")) - fds,
+        "new_files_in_runtime_dir": sorted(set(os.listdir(folder)) - sockets_before),
+        "sockets_left": sorted(f for f in os.listdir(folder) if f.endswith(".sock")),
+    }
+
+
+def test_launch_and_exit_cycles_leak_no_fd_thread_or_zombie(bundles: Bundles, connections: Connections) -> None:
+    figures = launch_exit_cycles(bundles, connections, 10)
+    assert figures["fd_delta"] == 0, figures
+    assert figures["new_files_in_runtime_dir"] == [], figures
+    assert figures["sockets_left"] == [], figures  # each instance removes its socket as it exits

@@ -1,5 +1,5 @@
 """Soak versions of the fault and hostile-client tests (``make soak``; reliability.md
-B1, B2, C1, D1 at their full sizes). Each prints ``FIGURE`` lines; docs/TESTING.md
+B1, B2, C1, D1, D2 at their full sizes). Each prints ``FIGURE`` lines; docs/TESTING.md
 records them. Here the targets of the test plan are asserted, not the generous
 bounds of the short versions."""
 
@@ -10,6 +10,7 @@ from collections.abc import Callable
 from tests.integration.conftest import Child, Connections, ServerSide
 from tests.integration.test_fault_load import kill_during_in_flight
 from tests.integration.test_hostile import cycles, hostile_flood, stalled_handshakes
+from tests.integration.test_services import Bundles, bundles, launch_exit_cycles  # noqa: F401  (fixture)
 
 #: C1's target: every error handler within 100 ms of the SIGKILL.
 KILL_TARGET_MS = 100
@@ -48,3 +49,10 @@ def test_d1_10000_connect_disconnect_cycles() -> None:
     print(f"\nFIGURE D1 {figures}")
     assert figures["fds_ok"] and figures["threads_ok"], figures
     assert figures["tracemalloc_net_kib"] <= 1024, figures
+
+
+def test_d2_1000_service_launch_and_exit_cycles(bundles: Bundles, connections: Connections) -> None:  # noqa: F811
+    figures = launch_exit_cycles(bundles, connections, 1000)
+    print(f"\nFIGURE D2 {figures}")
+    assert figures["fd_delta"] == 0, figures
+    assert figures["new_files_in_runtime_dir"] == [] and figures["sockets_left"] == [], figures
