@@ -1079,10 +1079,14 @@ class Connection(Generic[Remote]):
                     finally:
                         if unwatch:
                             self._watch(link, True)
-                        if link.core.decoder.buffered and not link.dead:
-                            self._post(self._deliver_buffered)
                 finally:
                     self._read_lock.release()
+                # Frames read past this call's reply (another caller's, a callback) are
+                # handed to the queue, after the lock is released: posted while holding
+                # it, the queue thread could find it taken, give up, and nobody would
+                # read them (every later holder of the lock does the same on leaving).
+                if link.core.decoder.buffered and not link.dead:
+                    self._post(self._deliver_buffered)
             else:
                 self._want_input()  # the queue thread will read this reply
                 self._send_call(target, method, values, call, ref)
