@@ -544,3 +544,14 @@ __all__ = [
     "sync_proxy",
     "unique_name",
 ]
+
+
+def settle(predicate: Callable[[], bool], timeout: float = TIMEOUT) -> bool:
+    """Poll a condition that has no notification (fd and thread counts), bounded."""
+    deadline = time.monotonic() + timeout
+    tick = threading.Event()
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        tick.wait(0.01)
+    return True

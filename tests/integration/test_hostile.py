@@ -34,7 +34,6 @@ import nsxpc
 from protocols.kitchen import kitchen_interface
 from tests.fuzz.make_corpus import CASES
 from tests.integration.conftest import (
-    TIMEOUT,
     Child,
     Connections,
     KitchenImpl,
@@ -43,6 +42,7 @@ from tests.integration.conftest import (
     frame,
     kitchen_client,
     pack,
+    settle,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -74,17 +74,6 @@ def rss_kib() -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise AssertionError("no VmRSS")
-
-
-def settle(predicate: Callable[[], bool], timeout: float = TIMEOUT) -> bool:
-    """Poll a condition that has no notification (fd and thread counts), bounded."""
-    deadline = time.monotonic() + timeout
-    tick = threading.Event()
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        tick.wait(0.01)
-    return True
 
 
 def percentile(values: list[float], q: float) -> float:
