@@ -27,7 +27,7 @@ import pytest
 
 import nsxpc
 from tests.helpers.probe import probe_interface
-from tests.integration.conftest import Child, Connections, Recorder, sync_proxy
+from tests.integration.conftest import Child, Connections, Recorder, settle, sync_proxy
 from tests.integration.test_services import Bundles, bundles  # noqa: F401  (fixture)
 
 #: Asserted here; the target (100 ms) is measured and reported by the soak run.
@@ -158,6 +158,8 @@ def test_a_stopped_service_times_calls_out_and_works_again_after_sigcont(
     timeout = 0.5
     os.kill(lab_server.pid, signal.SIGSTOP)
     try:
+        # kill() returns before the stop takes effect; the calls must find it stopped.
+        assert settle(lambda: _process_state(lab_server.pid) == "T"), _process_state(lab_server.pid)
         sent_at = time.monotonic()
         for i in range(20):
             proxy = conn.remote_object_proxy_with_error_handler(
@@ -178,3 +180,9 @@ def test_a_stopped_service_times_calls_out_and_works_again_after_sigcont(
     assert sync_proxy(conn).calls_received() >= 23
     assert len(events.snapshot()) == 20, "a late reply was delivered after its TimedOut"
     assert conn.state is not nsxpc.ConnectionState.INVALID
+
+
+def _process_state(pid: int) -> str:
+    """The state letter of /proc/<pid>/stat ("T" once SIGSTOP has taken effect)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
