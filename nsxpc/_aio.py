@@ -43,7 +43,7 @@ from ._connection import Connection, _Call, _late_work, _timed_out
 from ._errors import EncodingError, RemoteError, ReplyInvalid, XPCError
 from ._interface import MethodSpec
 from ._log import log
-from ._proxy import HANDLER, SYNC, bind_arguments
+from ._proxy import HANDLER, SYNC, ProxyCreating, bind_arguments
 
 if TYPE_CHECKING:
     from ._connection import _Link, _ReplyBlock
@@ -266,7 +266,7 @@ def _settle_threadsafe(
         pass  # the awaiting loop is closed: nobody is left to tell
 
 
-class AsyncRemoteProxy:
+class AsyncRemoteProxy(ProxyCreating):
     """A proxy whose methods are coroutines returning the reply's value
     (nsxpc's asyncio form of ``remoteObjectProxyWithErrorHandler:``).
 
@@ -338,35 +338,6 @@ class AsyncRemoteProxy:
         call.__name__ = call.__qualname__ = name
         self.__dict__[name] = call
         return call
-
-    def __dir__(self) -> list[str]:
-        if self._ref is not None:
-            return sorted(self._ref.interface.selectors)
-        return sorted(self._conn._selectors_for(self._target))
-
-    def remote_object_proxy_with_error_handler(
-        self, handler: Callable[[Exception], object], timeout: float | None = None
-    ) -> Any:
-        """A callback proxy of the same object (``remoteObjectProxyWithErrorHandler:``)."""
-        from ._proxy import RemoteProxy
-
-        return RemoteProxy(
-            self._conn, self._target, HANDLER, handler, timeout, *(() if self._ref is None else (self._ref,))
-        )
-
-    def synchronous_remote_object_proxy_with_error_handler(
-        self, handler: Callable[[Exception], object], timeout: float | None = None
-    ) -> Any:
-        """A synchronous proxy of the same object (``synchronousRemoteObjectProxyWithErrorHandler:``)."""
-        from ._proxy import RemoteProxy
-
-        return RemoteProxy(
-            self._conn, self._target, SYNC, handler, timeout, *(() if self._ref is None else (self._ref,))
-        )
-
-    def async_remote_object_proxy(self, timeout: float | None = None) -> AsyncRemoteProxy:
-        """An async proxy of the same object with another ``timeout``."""
-        return AsyncRemoteProxy(self._conn, self._target, timeout, self._ref)
 
 
 def _abandon(conn: Connection, call: _AsyncCall) -> None:

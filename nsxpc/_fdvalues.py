@@ -30,7 +30,7 @@ import mmap
 import os
 import stat
 from types import TracebackType
-from typing import Protocol
+from typing import Protocol, Self
 
 from ._errors import DecodingError, EncodingError
 
@@ -115,7 +115,24 @@ def _fd_kind(fd: int) -> str:
     return "other"
 
 
-class FileDescriptor:
+class _Closable:
+    """``with value:`` closes it on the way out."""
+
+    __slots__ = ()
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class FileDescriptor(_Closable):
     """A file descriptor that travels in a message (``xpc_fd_create``; ``NSFileHandle``
     over NSXPC).
 
@@ -198,14 +215,6 @@ class FileDescriptor:
             except OSError:
                 pass
 
-    def __enter__(self) -> FileDescriptor:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
     def __del__(self) -> None:
         # An fd received in a message and never used is not leaked.
         self.close()
@@ -216,7 +225,7 @@ class FileDescriptor:
         return f"<nsxpc.FileDescriptor fd={self._fd} ({_fd_kind(self._fd)})>"
 
 
-class SharedMemory:
+class SharedMemory(_Closable):
     """A shared-memory region that travels by fd and is mapped on both sides
     (``xpc_shmem_create`` / ``xpc_shmem_map``).
 
@@ -351,14 +360,6 @@ class SharedMemory:
         """Unmap and give up the fd without closing it (a refused message's fds are
         closed by the core, once)."""
         self._fd = -1
-        self.close()
-
-    def __enter__(self) -> SharedMemory:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
         self.close()
 
     def __del__(self) -> None:

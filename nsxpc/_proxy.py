@@ -105,7 +105,54 @@ class RemoteRef:
             pass
 
 
-class RemoteProxy:
+class ProxyCreating:
+    """What every proxy offers (``NSXPCProxyCreating``): more proxies of the same remote
+    object, with other error handling. Subclasses set ``_conn``, ``_target``, ``_ref``."""
+
+    _conn: Connection
+    _target: int
+    _ref: RemoteRef | None
+
+    def __dir__(self) -> list[str]:
+        if self._ref is not None:
+            return sorted(self._ref.interface.selectors)
+        return sorted(self._conn._selectors_for(self._target))
+
+    def remote_object_proxy_with_error_handler(self, handler: ErrorHandler, timeout: float | None = None) -> Any:
+        """A proxy of the same object whose calls end in exactly one of the reply block or
+        ``handler(error)`` (``-[NSXPCProxyCreating remoteObjectProxyWithErrorHandler:]``).
+
+        Raises:
+            TypeError: ``handler`` is not callable.
+            ValueError: ``timeout`` is not a positive number.
+        """
+        return RemoteProxy(self._conn, self._target, HANDLER, handler, timeout, self._ref)
+
+    def synchronous_remote_object_proxy_with_error_handler(
+        self, handler: ErrorHandler, timeout: float | None = None
+    ) -> Any:
+        """A proxy of the same object whose calls wait for their reply
+        (``-[NSXPCProxyCreating synchronousRemoteObjectProxyWithErrorHandler:]``).
+
+        Raises:
+            TypeError: ``handler`` is not callable.
+            ValueError: ``timeout`` is not a positive number.
+        """
+        return RemoteProxy(self._conn, self._target, SYNC, handler, timeout, self._ref)
+
+    def async_remote_object_proxy(self, timeout: float | None = None) -> Any:
+        """An asyncio proxy of the same object: awaiting a call gives the reply's value
+        (NSXPCProxyCreating, as ``Connection.async_remote_object_proxy``).
+
+        Raises:
+            ValueError: ``timeout`` is not a positive number.
+        """
+        from ._aio import AsyncRemoteProxy  # imported on first use: asyncio is not needed otherwise
+
+        return AsyncRemoteProxy(self._conn, self._target, timeout, self._ref)
+
+
+class RemoteProxy(ProxyCreating):
     """A proxy for an object on the other side of a connection (NSXPC's remote object proxy).
 
     Methods are those of the connection's ``remote_object_interface``; calling
@@ -173,41 +220,3 @@ class RemoteProxy:
         call.__name__ = call.__qualname__ = name
         self.__dict__[name] = call
         return call
-
-    def __dir__(self) -> list[str]:
-        if self._ref is not None:
-            return sorted(self._ref.interface.selectors)
-        return sorted(self._conn._selectors_for(self._target))
-
-    def remote_object_proxy_with_error_handler(self, handler: ErrorHandler, timeout: float | None = None) -> Any:
-        """A proxy of the same object whose calls end in exactly one of the reply block or
-        ``handler(error)`` (``-[NSXPCProxyCreating remoteObjectProxyWithErrorHandler:]``).
-
-        Raises:
-            TypeError: ``handler`` is not callable.
-            ValueError: ``timeout`` is not a positive number.
-        """
-        return RemoteProxy(self._conn, self._target, HANDLER, handler, timeout, self._ref)
-
-    def synchronous_remote_object_proxy_with_error_handler(
-        self, handler: ErrorHandler, timeout: float | None = None
-    ) -> Any:
-        """A proxy of the same object whose calls wait for their reply
-        (``-[NSXPCProxyCreating synchronousRemoteObjectProxyWithErrorHandler:]``).
-
-        Raises:
-            TypeError: ``handler`` is not callable.
-            ValueError: ``timeout`` is not a positive number.
-        """
-        return RemoteProxy(self._conn, self._target, SYNC, handler, timeout, self._ref)
-
-    def async_remote_object_proxy(self, timeout: float | None = None) -> Any:
-        """An asyncio proxy of the same object: awaiting a call gives the reply's value
-        (NSXPCProxyCreating, as ``Connection.async_remote_object_proxy``).
-
-        Raises:
-            ValueError: ``timeout`` is not a positive number.
-        """
-        from ._aio import AsyncRemoteProxy  # imported on first use: asyncio is not needed otherwise
-
-        return AsyncRemoteProxy(self._conn, self._target, timeout, self._ref)
