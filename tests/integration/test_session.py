@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import plistlib
+import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -485,3 +486,22 @@ def test_listener_peer_requirement_refuses_a_client(made: Made) -> None:
     [error] = pending.wait_len(1)
     assert isinstance(error, nsxpc.XPCRichError) and not error.can_retry
     assert cancelled.wait_len(1)
+
+
+@pytest.mark.parametrize(
+    ("script", "expected"),
+    [
+        ("proxies", ["proxies: 'hello' from pid", "proxies: refused locally: echo argument 0"]),
+        ("session", ["session: 'hello' from pid", "session: reply {'text': 'async'", "session: cancelled:"]),
+        ("cstyle", ["cstyle: 'hello' from pid", "cstyle: reply {'text': 'async'", "ERROR_CONNECTION_INVALID"]),
+    ],
+)
+def test_the_echo_service_written_three_ways_runs(script: str, expected: list[str], runtime_dir: str) -> None:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), NSXPC_RUNTIME_DIR=runtime_dir)
+    result = subprocess.run(
+        [sys.executable, f"examples/echo/{script}.py"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    positions = [result.stdout.find(line) for line in expected]
+    assert -1 not in positions and positions == sorted(positions), result.stdout
