@@ -131,6 +131,7 @@ def test_a_service_whose_grandchild_holds_the_socket_is_still_seen_dead(
     # An outstanding call at the time of death: the service never answers it.
     outstanding = conn.remote_object_proxy_with_error_handler(lambda err: events.add(("error", err)))
     os.kill(service_pid, signal.SIGSTOP)  # the call below is then surely outstanding at the kill
+    assert settle(lambda: _process_state(service_pid) == "T")  # kill() returns before the stop
     outstanding.connections(lambda n: events.add(("reply", n)))
     killed_at = time.monotonic()
     os.kill(service_pid, signal.SIGKILL)
