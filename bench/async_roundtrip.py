@@ -24,48 +24,27 @@ import argparse
 import asyncio
 import json
 import os
-import select
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: nsxpc/, protocols/
+sys.path.insert(1, str(Path(__file__).resolve().parent))  # bench/_common.py
+
+from _common import serve_adder, wait_ready
 
 import nsxpc
 from protocols.kitchen import kitchen_interface
 
 TARGET = 1.3
-READY_TIMEOUT = 15.0
 CALL_TIMEOUT: float | None = float(os.environ.get("CALL_TIMEOUT", "30")) or None
 
 
-class Adder:
-    def add(self, a: int, b: int, reply: Callable[[int], None]) -> None:
-        reply(a + b)
-
-
-class Delegate:
-    def should_accept_new_connection(self, listener: nsxpc.Listener, connection: nsxpc.Connection) -> bool:
-        connection.exported_interface = kitchen_interface()
-        connection.exported_object = Adder()
-        connection.resume()
-        return True
-
-
-def serve(name: str) -> int:
-    listener = nsxpc.Listener(mach_service_name=name)
-    listener.delegate = Delegate()
-    listener.resume()
-    print("ready", flush=True)
-    sys.stdin.read()
-    listener.invalidate()
-    return 0
 
 
 def never(err: Exception) -> None:
@@ -151,7 +130,7 @@ def main() -> int:
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        return serve(args.serve)
+        return serve_adder(args.serve)
     runtime = tempfile.mkdtemp(prefix="nxb")
     os.environ["NSXPC_RUNTIME_DIR"] = runtime
     name = f"bench.async.{os.getpid()}"
@@ -159,10 +138,7 @@ def main() -> int:
         [sys.executable, __file__, "--serve", name], stdin=subprocess.PIPE, stdout=subprocess.PIPE
     )
     try:
-        assert child.stdout is not None
-        ready, _, _ = select.select([child.stdout], [], [], READY_TIMEOUT)
-        if not ready or child.stdout.readline().strip() != b"ready":
-            raise SystemExit("the server child did not start")
+        wait_ready(child)
         result = asyncio.run(measure(name, args.iterations, args.rounds, args.warmup))
     finally:
         if child.stdin is not None:

@@ -39,7 +39,6 @@ import gc
 import json
 import os
 import platform
-import select
 import shutil
 import socket
 import statistics
@@ -52,12 +51,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: nsxpc/
+sys.path.insert(1, str(Path(__file__).resolve().parent))  # bench/_common.py
+
+from _common import Exporting, serve_until_stdin_closes, wait_ready
 
 import nsxpc
 
 TARGET = 2.0
 MiB = 1024 * 1024
-READY_TIMEOUT = 15.0  # seconds for a child to start
 CALL_TIMEOUT = 60.0  # seconds: a bound on each nsxpc call, far above any echo
 SHM = nsxpc.Limits(shared_memory_threshold=64 * 1024)
 INLINE = nsxpc.Limits(shared_memory_threshold=None, max_frame_size=80 * MiB)
@@ -108,35 +109,13 @@ class Echo:
             reply(region)
 
 
-class Delegate:
-    def should_accept_new_connection(self, listener: nsxpc.Listener, connection: nsxpc.Connection) -> bool:
-        connection.exported_interface = nsxpc.Interface(Bulk)
-        connection.exported_object = Echo()
-        connection.resume()
-        return True
-
-
 def serve_nsxpc(name: str, kind: str) -> int:
     """Serve ``echo`` as a mach service until the parent closes our stdin."""
     listener = nsxpc.Listener(mach_service_name=name, limits=SHM if kind == "shm" else INLINE)
-    listener.delegate = Delegate()
-    listener.resume()
-    print("ready", flush=True)
-    sys.stdin.read()
-    listener.invalidate()
-    return 0
+    return serve_until_stdin_closes(listener, Exporting(nsxpc.Interface(Bulk), Echo))
 
 
 # ---------------------------------------------------------------------- parent
-
-
-def wait_ready(proc: subprocess.Popen[bytes]) -> None:
-    assert proc.stdout is not None
-    ready, _, _ = select.select([proc.stdout], [], [], READY_TIMEOUT)
-    line = proc.stdout.readline() if ready else b""
-    if line.strip() != b"ready":
-        proc.kill()
-        raise SystemExit(f"an nsxpc child did not start within {READY_TIMEOUT:g} s (said {line!r})")
 
 
 def time_floor(sock: socket.socket, payload: bytes, back: memoryview, n: int) -> list[int]:

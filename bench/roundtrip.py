@@ -27,7 +27,6 @@ import gc
 import json
 import os
 import platform
-import select
 import shutil
 import socket
 import statistics
@@ -36,17 +35,18 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: nsxpc/, protocols/
+sys.path.insert(1, str(Path(__file__).resolve().parent))  # bench/_common.py
+
+from _common import serve_adder, wait_ready
 
 import nsxpc
 from protocols.kitchen import kitchen_interface
 
 TARGET = 3.0
 SERVICE_NAME = "bench.roundtrip"
-READY_TIMEOUT = 15.0  # seconds for a child to start
 CALL_TIMEOUT = 30.0  # seconds: a bound on each nsxpc call, far above any round trip
 PAYLOAD = b"pingpong"
 FRAME = struct.pack(">I", len(PAYLOAD)) + PAYLOAD
@@ -72,42 +72,7 @@ def serve_floor(fd: int) -> int:
             buf = buf[end:]
 
 
-class Adder:
-    """The exported object: only ``add`` is called (exported objects are duck-typed)."""
-
-    def add(self, a: int, b: int, reply: Callable[[int], None]) -> None:
-        reply(a + b)
-
-
-class Delegate:
-    def should_accept_new_connection(self, listener: nsxpc.Listener, connection: nsxpc.Connection) -> bool:
-        connection.exported_interface = kitchen_interface()
-        connection.exported_object = Adder()
-        connection.resume()
-        return True
-
-
-def serve_nsxpc(name: str) -> int:
-    """Serve the kitchen's ``add`` as a mach service until the parent closes our stdin."""
-    listener = nsxpc.Listener(mach_service_name=name)
-    listener.delegate = Delegate()
-    listener.resume()
-    print("ready", flush=True)
-    sys.stdin.read()  # returns when the parent closes the pipe (or dies)
-    listener.invalidate()
-    return 0
-
-
 # ---------------------------------------------------------------------- parent
-
-
-def wait_ready(proc: subprocess.Popen[bytes]) -> None:
-    assert proc.stdout is not None
-    ready, _, _ = select.select([proc.stdout], [], [], READY_TIMEOUT)
-    line = proc.stdout.readline() if ready else b""
-    if line.strip() != b"ready":
-        proc.kill()
-        raise SystemExit(f"the nsxpc child did not start within {READY_TIMEOUT:g} s (said {line!r})")
 
 
 def time_floor(sock: socket.socket, n: int) -> list[int]:
@@ -269,7 +234,7 @@ def main(argv: list[str]) -> int:
     if args.serve_floor is not None:
         return serve_floor(args.serve_floor)
     if args.serve_nsxpc is not None:
-        return serve_nsxpc(args.serve_nsxpc)
+        return serve_adder(args.serve_nsxpc)
     if args.iterations < 1 or args.rounds < 1 or args.warmup < 0:
         parser.error("--iterations and --rounds must be positive, --warmup not negative")
     result = run(args.iterations, args.rounds, args.warmup)
