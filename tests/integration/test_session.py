@@ -282,16 +282,24 @@ def test_peer_death_cancels_the_session_and_it_never_reconnects(
     assert fresh.send_sync({"op": "add", "a": 1, "b": 2}).decode() == {"sum": 3}
 
 
-def test_cancel_ends_pending_replies_and_runs_the_handler_once(made: Made) -> None:
-    hold = threading.Event()
-    entered = threading.Event()
+class SlowListener:
+    """An XPCListener whose handler holds each message until ``hold`` is set, so that
+    its reply is still pending; ``entered`` is set when a message arrived."""
 
-    def on_message(m: nsxpc.XPCReceivedMessage) -> object:
-        entered.set()
-        hold.wait(TIMEOUT)
+    def __init__(self, made: Made) -> None:
+        self.hold = threading.Event()
+        self.entered = threading.Event()
+        self.listener = made(nsxpc.XPCListener(incoming_session_handler=lambda r: r.accept(self._on_message)))
+
+    def _on_message(self, message: nsxpc.XPCReceivedMessage) -> object:
+        self.entered.set()
+        self.hold.wait(TIMEOUT)
         return {"late": True}
 
-    listener = made(nsxpc.XPCListener(incoming_session_handler=lambda r: r.accept(on_message)))
+
+def test_cancel_ends_pending_replies_and_runs_the_handler_once(made: Made) -> None:
+    slow = SlowListener(made)
+    listener, hold, entered = slow.listener, slow.hold, slow.entered
     events = Recorder()
     session = made(nsxpc.XPCSession(endpoint=listener.endpoint, cancellation_handler=lambda e: events.add(("c", e))))
     session.send({"op": "slow"}, reply_handler=lambda r: events.add(("r", r)))

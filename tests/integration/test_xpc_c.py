@@ -7,7 +7,6 @@ cancelled at teardown.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -17,7 +16,7 @@ import pytest
 import nsxpc
 from nsxpc import xpc
 from tests.integration.conftest import TIMEOUT, Child, LogWatch, RawClient, Recorder
-from tests.integration.test_session import Made, make_session_bundle, session_service  # noqa: F401
+from tests.integration.test_session import Made, SlowListener, make_session_bundle, session_service  # noqa: F401
 
 ERRORS = (xpc.ERROR_CONNECTION_INTERRUPTED, xpc.ERROR_CONNECTION_INVALID, xpc.ERROR_TERMINATION_IMMINENT)
 
@@ -142,15 +141,8 @@ def test_endpoint_peer_death_is_invalid(spawn: Callable[..., Child], made: Made)
 
 
 def test_cancel_delivers_invalid_last_and_reply_handlers_once(made: Made) -> None:
-    hold = threading.Event()
-    entered = threading.Event()
-
-    def on_message(m: nsxpc.XPCReceivedMessage) -> object:
-        entered.set()
-        hold.wait(TIMEOUT)
-        return {"late": True}
-
-    listener = made(nsxpc.XPCListener(incoming_session_handler=lambda r: r.accept(on_message)))
+    slow = SlowListener(made)
+    listener, hold, entered = slow.listener, slow.hold, slow.entered
     events = Recorder()
     conn = made(xpc.connection_create_from_endpoint(listener.endpoint))
     xpc.connection_set_event_handler(conn, lambda e: events.add(("event", e)))
