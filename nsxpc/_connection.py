@@ -747,10 +747,7 @@ class Connection(Generic[Remote]):
                             os.eventfd_read(wake)
                         except BlockingIOError:
                             pass
-                    elif not queue:
-                        # Work posted meanwhile goes first: a synchronous caller may have
-                        # handed over events (a REFUSE) that precede what is in the socket
-                        # (its end). Level-triggered, so the socket is reported again.
+                    else:
                         self._on_readable()
         finally:
             with self._queue_lock:
