@@ -97,14 +97,6 @@ class XPCRichError(XPCError):
             return error
         return cls(error.message, code=error.code, can_retry=error.can_retry)
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, XPCError):
-            return NotImplemented
-        return (type(self), self.code, self.message) == (type(other), other.code, other.message)
-
-    def __hash__(self) -> int:
-        return hash((type(self), self.code, self.message))
-
 
 # --------------------------------------------------------------------------- the message slot
 
