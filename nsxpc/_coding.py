@@ -744,12 +744,16 @@ class SlotType:
     ``explain(value)`` returns why a value fails, or None.
     """
 
-    __slots__ = ("_ann_check", "_walk", "allowed", "annotation", "check", "classes", "interface")
+    __slots__ = ("_ann_check", "_walk", "allowed", "annotation", "check", "classes", "interface", "plain")
     allowed: Allowed
     annotation: object
     check: Check
     classes: frozenset[type]
     interface: Any
+    #: The scalar type whose values this slot takes exactly as they are (an ``int``,
+    #: ``str``, ``bool``, ``float`` or ``None`` annotation, its allowlist not replaced),
+    #: else None: such values need neither conversion nor a call to ``check``.
+    plain: type | None
     _walk: bool
     _ann_check: Check
 
@@ -768,6 +772,8 @@ class SlotType:
         self.interface = interface
         self._ann_check = ann_check
         self._walk = walk
+        plain = NoneType if annotation is None else annotation
+        self.plain = plain if plain in _PLAIN and not walk and interface is None else None
         if walk:
             self.check = lambda v: _walk(v, classes, 0) and ann_check(v)
         else:
@@ -838,6 +844,8 @@ _EXACT = frozenset(
     {bool, int, str, bytes, datetime.datetime, uuid.UUID, ListenerEndpoint, FileDescriptor, SharedMemory}
 )
 _BARE = frozenset({list, tuple, dict, set, frozenset})
+# Scalars a slot can take as they are (bytes is left out: large ones are promoted).
+_PLAIN = frozenset({NoneType, bool, int, float, str})
 _ABC_ORIGINS: dict[object, tuple[type, ...]] = {
     collections.abc.Sequence: (list, tuple),
     collections.abc.MutableSequence: (list,),

@@ -24,11 +24,12 @@ import functools
 import os
 import select
 import socket
+import struct
 import sys
 import threading
 import time
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Generic
 
 from . import _codec, _messages, _timers, _transactions
@@ -99,6 +100,7 @@ _EPOLLIN = select.EPOLLIN | select.EPOLLRDHUP
 # synchronous calls, whose callers read their own replies) watches for that alone, so
 # its synchronous calls need not take the socket out of the poll set and put it back.
 _EPOLLHUP_ONLY = select.EPOLLRDHUP
+_TIMEVAL = struct.Struct("@ll")  # struct timeval, for SO_RCVTIMEO
 #: How long a refused connect waits for a dying service instance to be reported gone.
 _DYING_GRACE = 2.0
 
@@ -116,8 +118,8 @@ class _Link:
         "owed",
         "owed_lock",
         "paused",
-        "poller",
         "ready",
+        "recv_timeout",
         "service",
         "sock",
         "watched",
@@ -142,8 +144,9 @@ class _Link:
         self.owed_lock = threading.Lock()
         self.paused = False
         # For a synchronous caller that reads its own reply (see Connection._call).
-        self.poller = select.poll()
-        self.poller.register(self.fd, select.POLLIN)
+        #: The receive timeout set on the socket (SO_RCVTIMEO) for callers that read
+        #: their own replies; 0.0 while none is set.
+        self.recv_timeout = 0.0
 
 
 class _Call(PendingCall):
@@ -154,7 +157,10 @@ class _Call(PendingCall):
     def __init__(
         self, method: MethodSpec, target: int, reply: Callable[..., object] | None, handler: Any, mode: str
     ) -> None:
-        super().__init__(method, target)
+        # PendingCall's fields set here, not through super().__init__: one frame less per call.
+        self.method = method
+        self.target = target
+        self.seq = 0
         self.reply = reply
         self.handler = handler
         self.mode = mode
@@ -165,8 +171,8 @@ class _Call(PendingCall):
         self.timeout: float | None = None  # bounds a wait for a slot (Limits.max_calls_in_flight)
         self.waiter: threading.Lock | None = None
         if mode == SYNC:
-            self.waiter = threading.Lock()
-            self.waiter.acquire()
+            self.waiter = waiter = threading.Lock()
+            waiter.acquire()
 
 
 class _Outgoing:
@@ -177,7 +183,7 @@ class _Outgoing:
     def __init__(
         self,
         method: MethodSpec | None,
-        args: list[object],
+        args: Sequence[object],
         fds: list[int],
         call: _Call | None,
         target: int,
@@ -1061,7 +1067,7 @@ class Connection(Generic[Remote]):
                 and self._life.running
                 and not self._outbox
                 and (ref is None or ref.link is link)
-                and self._calls_in_flight() < self._limits.max_calls_in_flight
+                and link.core.pending_count < self._limits.max_calls_in_flight  # _calls_in_flight(): no outbox
                 and self._read_lock.acquire(blocking=False)
             ):
                 # The caller reads its own reply: no hand-over from the queue thread.
@@ -1100,43 +1106,68 @@ class Connection(Generic[Remote]):
         exports = self._exports
         generation = exports.generation
         args, fds = encode_arguments(
-            method.args, values, method.selector, "argument", self._limits.max_depth, self._export_any, self._limits
-        )
+            method.args, values, method.selector, "argument", self._limits.max_depth, self._export_any, self._limits,
+            method.arg_types,
+        )  # fmt: skip
         with self._send_lock:
-            if (
-                call is not None
-                and self._calls_in_flight() >= self._limits.max_calls_in_flight
-                and not self._life.invalid
-                and not self._take_slot(call)
-            ):
-                return
-            if self._life.invalid:
-                if call is not None:
-                    self._fail(call, ConnectionInvalid(self._invalid_message()))
-                return
             link = self._link
-            if (ref is not None and (ref.link is not link or link is None or link.dead)) or (
-                exports.generation != generation and _carries_proxy(args)
+            if (  # the common case, in one test: a live link to write to, nothing in the way
+                link is not None
+                and link.ready
+                and not link.dead
+                and self._life.running
+                and not self._outbox
+                and not self._releases
+                and ref is None
+                and exports.generation == generation
+                and (call is None or link.core.pending_count < self._limits.max_calls_in_flight)
             ):
-                self._stale_call(method, call, ref is not None)
+                pass
+            elif not self._admit_call(method, args, call, ref, generation):
                 return
-            if self._releases:
-                self._send_releases(link)  # before this message: the peer sees them first
-            if self._life.running and link is not None and link.ready and not link.dead and not self._outbox:
-                frame = link.core.invoke(method, args, len(fds), call, target)
-                if call is not None:
-                    call.link = link
-                try:
-                    send_frame(link.sock, frame, fds)
-                    return
-                except OSError as exc:
-                    reason = f"writing failed: {exc.strerror}"
-            else:
+            elif not (self._life.running and (link := self._link) is not None and link.ready and not link.dead
+                      and not self._outbox):  # fmt: skip
                 self._outbox.append(_Outgoing(method, args, fds, call, target, origin=ref.link if ref else None))
                 if self._life.running:
                     self._flush(eager=False)
                 return
+            frame = link.core.invoke(method, args, len(fds), call, target)
+            if call is not None:
+                call.link = link
+            try:
+                send_frame(link.sock, frame, fds)
+                return
+            except OSError as exc:
+                reason = f"writing failed: {exc.strerror}"
         self._post(lambda: self._lose_link(link, reason))
+
+    def _admit_call(
+        self, method: MethodSpec, args: Sequence[object], call: _Call | None,
+        ref: RemoteRef | None, generation: int,
+    ) -> bool:  # fmt: skip
+        """With ``_send_lock`` held, for a call that is not the common case: wait for a
+        slot under Limits.max_calls_in_flight, fail it on an invalid connection or a stale
+        proxy, and send the pending releases first. False if the call was ended here."""
+        if (
+            call is not None
+            and self._calls_in_flight() >= self._limits.max_calls_in_flight
+            and not self._life.invalid
+            and not self._take_slot(call)
+        ):
+            return False
+        if self._life.invalid:
+            if call is not None:
+                self._fail(call, ConnectionInvalid(self._invalid_message()))
+            return False
+        link = self._link
+        if (ref is not None and (ref.link is not link or link is None or link.dead)) or (
+            self._exports.generation != generation and _carries_proxy(args)
+        ):
+            self._stale_call(method, call, ref is not None)
+            return False
+        if self._releases:
+            self._send_releases(link)  # before this message: the peer sees them first
+        return True
 
     def _flush(self, *, eager: bool) -> None:
         """Connect if needed and write the outbox. Called with ``_send_lock`` held."""
@@ -1334,12 +1365,13 @@ class Connection(Generic[Remote]):
         while not call.done:
             event = core.next_event()
             if event is None:
+                remaining = None
                 if deadline is not None:
-                    remaining = (deadline - time.monotonic()) * 1000
-                    if remaining <= 0 or not link.poller.poll(remaining):
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
                         return
-                # Without a deadline, wait in recv itself: one system call, not two.
-                received = self._receive(link, deadline is None)
+                _bound_recv(link, remaining)
+                received = self._receive(link, True)
                 if received is not True and received is not False:
                     self._post(received)  # the queue thread ends the link, and with it this call
                     return
@@ -1636,6 +1668,27 @@ _late_cond = threading.Condition(threading.Lock())
 _late_thread: threading.Thread | None = None
 
 
+def _bound_recv(link: _Link, remaining: float | None) -> None:
+    """Make a blocking read of ``link`` give up after about ``remaining`` seconds (None:
+    never), with SO_RCVTIMEO, so that a caller with a deadline waits in one system call,
+    not a poll and a read. Only callers reading their own replies block in a read (the
+    queue thread reads with MSG_DONTWAIT). The timeout set stays while it neither
+    overshoots the deadline by more than a tenth (and 10 ms) nor wakes the reader more
+    often than every half second (or half of ``remaining``) for nothing."""
+    current = link.recv_timeout
+    if remaining is None:
+        if current == 0.0 or current >= 0.5:
+            return
+        want = 0.0
+    else:
+        if min(remaining, 1.0) / 2 <= current <= remaining * 1.1 + 0.01:
+            return
+        want = max(remaining, 0.001)
+    seconds = int(want)
+    link.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _TIMEVAL.pack(seconds, int((want - seconds) * 1e6)))
+    link.recv_timeout = want
+
+
 def _late_work(fn: Callable[[], object]) -> None:
     """Run ``fn`` on the one thread shared by connections whose own queue has ended."""
     global _late_thread
@@ -1713,7 +1766,7 @@ def _stale_message(describe: str) -> str:
     )
 
 
-def _carries_proxy(args: list[object]) -> bool:
+def _carries_proxy(args: Sequence[object]) -> bool:
     return any(type(a) is _codec.ExtType and a.code == _codec.EXT_PROXY for a in args)  # type: ignore[attr-defined]
 
 

@@ -64,9 +64,22 @@ class MethodSpec:
     defaults: dict[str, object] = attrs.field(factory=dict, eq=False)
     #: True when the method has a reply block (read per message: a field, not a property).
     wants_reply: bool = attrs.field(init=False, eq=False)
+    #: The exact types of arguments (and reply arguments) that travel as they are, when
+    #: every slot has one (``SlotType.plain``); else None. A call whose values have
+    #: exactly these types skips the per-slot encoding and decoding.
+    arg_types: tuple[type, ...] | None = attrs.field(init=False, eq=False)
+    reply_types: tuple[type, ...] | None = attrs.field(init=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
         object.__setattr__(self, "wants_reply", self.reply is not None)
+        object.__setattr__(self, "arg_types", _plain_types(self.args))
+        object.__setattr__(self, "reply_types", _plain_types(self.reply))
+
+
+def _plain_types(slots: tuple[SlotType, ...] | None) -> tuple[type, ...] | None:
+    if slots is None or any(slot.plain is None for slot in slots):
+        return None
+    return tuple(slot.plain for slot in slots)  # type: ignore[misc]
 
 
 def _is_callable_annotation(ann: object) -> bool:

@@ -73,17 +73,23 @@ def encode_arguments(
     max_depth: int,
     export_object: ObjectExporter | None,
     limits: Limits | None = None,
-) -> tuple[list[object], list[int]]:
+    plain: tuple[type, ...] | None = None,
+) -> tuple[Sequence[object], list[int]]:
     """Check and encode the arguments of a call or reply against their slots.
 
     Returns the wire trees and the fds they carry: duplicates the message owns,
     which the caller closes once the frame is written or dropped. Without
-    ``limits`` no ``bytes`` is promoted to shared memory.
+    ``limits`` no ``bytes`` is promoted to shared memory. Values of exactly the
+    ``plain`` types (``MethodSpec.arg_types``) go as they are; an integer beyond
+    64 bits among them is then caught when the message is packed (see
+    :func:`_pack_message`).
 
     Raises:
         EncodingError: a value fails its slot's allowlist or annotation, or cannot
             be carried, or the message would carry more fds than ``limits.max_fds``.
     """
+    if plain is not None and tuple(map(type, values)) == plain:
+        return values, []
     if len(values) != len(slots):
         raise EncodingError(f"{selector}: expected {len(slots)} {what}s, got {len(values)}")
     threshold = None if limits is None else limits.shared_memory_threshold
@@ -127,6 +133,19 @@ def encode_arguments(
             f"the cap of {max_fds} (nsxpc.Limits.max_fds)"
         )
     return out, MessageFds(fds)
+
+
+def _pack_message(msg: list[Any], slots: Sequence[SlotType], plain: tuple[type, ...] | None, selector: str,
+                  what: str = "argument") -> bytes:  # fmt: skip
+    """Pack a call or reply whose arguments are the message's last element. Arguments
+    that went as they are (``plain``) and fail to pack hold an integer beyond 64 bits:
+    encoding them slot by slot says which."""
+    try:
+        return _codec.pack(msg)
+    except EncodingError:
+        if plain is not None and tuple(map(type, msg[-1])) == plain:
+            encode_arguments(slots, msg[-1], selector, what, DEFAULT_LIMITS.max_depth, None)
+        raise
 
 
 class PendingCall:
@@ -396,13 +415,18 @@ class ConnectionCore:
 
     # ------------------------------------------------------------------ outgoing
 
-    def invoke(self, method: MethodSpec, args: list[object], nfds: int, call: PendingCall | None, target: int) -> bytes:
+    def invoke(
+        self, method: MethodSpec, args: Sequence[object], nfds: int, call: PendingCall | None, target: int
+    ) -> bytes:
         """Frame a call whose arguments :func:`encode_arguments` already encoded, and
         register ``call`` (if a reply is expected) under a new sequence number."""
         seq = 0
         if call is not None:
             seq = self._last_seq + 1
-        frame = self._frame(_codec.pack([_messages.INVOKE, seq, target, method.selector, args]), nfds, method)
+        body = _pack_message(
+            [_messages.INVOKE, seq, target, method.selector, args], method.args, method.arg_types, method.selector
+        )
+        frame = self._frame(body, nfds, method)
         if call is not None:
             self._last_seq = call.seq = seq
             self._pending[seq] = call
@@ -414,12 +438,14 @@ class ConnectionCore:
         Raises:
             EncodingError: a reply argument fails its slot.
         """
-        assert method.reply is not None
+        slots = method.reply
+        assert slots is not None
         args, fds = encode_arguments(
-            method.reply, values, method.selector, "reply argument", self.limits.max_depth, self.export_object,
-            self.limits,
+            slots, values, method.selector, "reply argument", self.limits.max_depth, self.export_object,
+            self.limits, method.reply_types,
         )  # fmt: skip
-        return self._frame(_codec.pack([_messages.REPLY, seq, args]), len(fds), method), fds
+        body = _pack_message([_messages.REPLY, seq, args], slots, method.reply_types, method.selector, "reply argument")
+        return self._frame(body, len(fds), method), fds
 
     def _frame(self, body: bytes, nfds: int, method: MethodSpec) -> bytes:
         if len(body) > self.limits.max_frame_size:
@@ -608,7 +634,7 @@ class ConnectionCore:
             return CallRejected(seq, selector, DecodingError(
                 f"{selector}: incompatible reply block signature (the method {want})"))  # fmt: skip
         try:
-            args = self._decode(method.args, raw_args, fds, selector, "argument")
+            args = self._decode(method.args, raw_args, fds, selector, "argument", method.arg_types)
         except DecodingError as exc:
             return CallRejected(seq, selector, exc)
         return CallReceived(seq, target, obj, method, args)
@@ -622,9 +648,10 @@ class ConnectionCore:
             return None  # a late answer to a call that already ended (timeout): discarded
         if msg[0] == _messages.FAILURE:
             return Resolved(call, error=error_for_code(msg[2], msg[3]))
-        assert call.method.reply is not None
+        method = call.method
+        assert method.reply is not None
         try:
-            values = self._decode(call.method.reply, msg[2], fds, call.method.selector, "reply argument")
+            values = self._decode(method.reply, msg[2], fds, method.selector, "reply argument", method.reply_types)
         except DecodingError as exc:
             return Resolved(
                 call, error=ReplyInvalid(f"reply to {call.method.selector!r} could not be decoded: {exc.message}")
@@ -632,8 +659,16 @@ class ConnectionCore:
         return Resolved(call, values=values)
 
     def _decode(
-        self, slots: Sequence[SlotType], raw: list[Any], fds: tuple[int, ...], selector: str, what: str
+        self,
+        slots: Sequence[SlotType],
+        raw: list[Any],
+        fds: tuple[int, ...],
+        selector: str,
+        what: str,
+        plain: tuple[type, ...] | None = None,
     ) -> list[Any]:
+        if plain is not None and tuple(map(type, raw)) == plain:
+            return raw  # scalars of exactly the slots' types: nothing to convert or check
         if len(raw) != len(slots):
             raise DecodingError(f"{selector}: expected {len(slots)} {what}s, got {len(raw)}")
         ctx: DecodeContext | None = None
