@@ -365,16 +365,15 @@ def start_exported(
     called: tasks start in the order the calls arrived.
     """
     loop: asyncio.AbstractEventLoop = conn._loop
-    if reply is None:
-        # A one-way message keeps a launched service busy until its coroutine ends (M3).
-        _transactions.begin_transaction()
-    task = loop.create_task(_run_exported(conn, coro, reply, method))
+    # A one-way message keeps a launched service busy until its coroutine ends (M3).
+    transaction = reply is None and _transactions.begin_implicit()
+    task = loop.create_task(_run_exported(conn, coro, reply, method, transaction))
     _tasks.add(task)
     task.add_done_callback(_tasks.discard)
 
 
 async def _run_exported(
-    conn: Connection, coro: Coroutine[Any, Any, Any], reply: _ReplyBlock | None, method: MethodSpec
+    conn: Connection, coro: Coroutine[Any, Any, Any], reply: _ReplyBlock | None, method: MethodSpec, transaction: bool
 ) -> None:
     _current.set(conn)
     try:
@@ -389,7 +388,7 @@ async def _run_exported(
             reply._fail(RemoteError(f"CancelledError: the exported method {method.selector!r} was cancelled"))
         raise
     finally:
-        if reply is None:
+        if transaction:
             _transactions.end_transaction()
     if reply is None or reply._used:
         if value is not None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import _thread
 import collections
 import functools
+import itertools
 import os
 import select
 import socket
@@ -140,8 +141,9 @@ class _Link:
         self.service: Any = None  # the LaunchedService behind a service_name connection
         # Calls of the peer handed to our exported objects whose reply is still owed;
         # at Limits.max_calls_in_flight reading stops ("paused") until one is answered.
-        self.owed = 0
-        self.owed_lock = threading.Lock()
+        # The keys of their reply blocks (see _ReplyBlock, _pause_input).
+        self.owed: set[int] = set()
+        self.owed_lock = threading.Lock()  # only around pausing and waking
         self.paused = False
         # For a synchronous caller that reads its own reply (see Connection._call).
         #: The receive timeout set on the socket (SO_RCVTIMEO) for callers that read
@@ -204,7 +206,7 @@ class _ReplyBlock:
     """The ``reply`` callable an exported method receives. Call it at most once;
     if it is garbage-collected uncalled, the caller gets ``ReplyInvalid``."""
 
-    __slots__ = ("__weakref__", "_conn", "_link", "_method", "_seq", "_used")
+    __slots__ = ("__weakref__", "_conn", "_key", "_link", "_method", "_seq", "_transaction", "_used")
 
     def __init__(self, conn: Connection, link: _Link, seq: int, method: MethodSpec) -> None:
         self._conn = conn
@@ -213,9 +215,11 @@ class _ReplyBlock:
         self._method = method
         self._used = False
         # A reply still owed keeps a launched service from exiting when idle (NSXPC M4).
-        _transactions.begin_transaction()
-        with link.owed_lock:
-            link.owed += 1
+        self._transaction = _transactions.begin_implicit()
+        # Counted among the replies owed to the peer (Limits.max_calls_in_flight); keyed
+        # by a number of our own, never by the peer's sequence number.
+        self._key = key = next(_reply_keys)
+        link.owed.add(key)
 
     def __repr__(self) -> str:
         state = "used" if self._used else "pending"
@@ -225,9 +229,10 @@ class _ReplyBlock:
         if self._used:
             raise RuntimeError(f"the reply block of {self._method.selector!r} was already called")
         self._used = True
-        _transactions.end_transaction()
+        if self._transaction:
+            _transactions.end_transaction()
         link = self._link
-        self._conn._answered(link)
+        self._conn._answered(link, self._key)
         try:
             frame, fds = link.core.reply(self._seq, self._method, values)
         except EncodingError as exc:
@@ -240,8 +245,9 @@ class _ReplyBlock:
     def _fail(self, error: XPCError) -> None:
         if not self._used:
             self._used = True
-            _transactions.end_transaction()
-            self._conn._answered(self._link)
+            if self._transaction:
+                _transactions.end_transaction()
+            self._conn._answered(self._link, self._key)
             self._conn._write(self._link, self._link.core.failure(self._seq, error))
 
     def __del__(self) -> None:
@@ -249,14 +255,15 @@ class _ReplyBlock:
             return
         self._used = True
         try:
-            _transactions.end_transaction()
+            if self._transaction:
+                _transactions.end_transaction()
             error = ReplyInvalid(f"the reply block of {self._method.selector!r} was released without being called")
-            conn, link, frame = self._conn, self._link, self._link.core.failure(self._seq, error)
+            conn, link, key, frame = self._conn, self._link, self._key, self._link.core.failure(self._seq, error)
 
             # Never write (nor take a lock) from a finalizer (it may run while this thread
             # holds the send lock): hand the failure to the connection's queue.
             def fail_later() -> None:
-                conn._answered(link)
+                conn._answered(link, key)
                 conn._write(link, frame)
 
             conn._post(fail_later)
@@ -741,11 +748,9 @@ class Connection(Generic[Remote]):
                     self._send_releases()
                 if self._finished:
                     break
-                timeout = -1.0
-                if self._handshake_deadline is not None:
-                    timeout = max(0.0, self._handshake_deadline - time.monotonic())
-                events = epoll.poll(timeout)
-                if not events and self._handshake_deadline is not None:
+                deadline = self._handshake_deadline
+                events = epoll.poll(-1.0 if deadline is None else max(0.0, deadline - time.monotonic()))
+                if not events and deadline is not None:
                     self._handshake_expired()
                 for fd, _mask in events:
                     if fd == wake:
@@ -776,30 +781,27 @@ class Connection(Generic[Remote]):
             log.exception("nsxpc: a callback on the queue of %s raised", self._describe)
 
     def _on_readable(self) -> None:
+        """The socket is readable: read what is there and deliver it, unless a
+        synchronous caller is reading (it hands over what is not its own)."""
         if not self._read_lock.acquire(blocking=False):
-            return  # a synchronous caller is reading; it hands over what is not its own
+            return
         try:
-            self._read_and_deliver()
+            link = self._link
+            if link is None or link.dead:
+                return
+            if link.paused or not (self._life.running or link.core.phase == "hello"):
+                # Paused by Limits.max_calls_in_flight (re-watched by _resume_input once a
+                # reply is sent), or suspended (or accepted but not yet resumed by the
+                # delegate): leave the bytes in the kernel, which pushes back on the peer.
+                self._watch(link, False)
+                return
+            received = self._receive(link)
+            if received is True:
+                self._deliver(link)
+            elif received is not False:
+                received()
         finally:
             self._read_lock.release()
-
-    def _read_and_deliver(self) -> None:
-        link = self._link
-        if link is None or link.dead:
-            return
-        if link.paused:
-            self._watch(link, False)  # re-watched by _resume_input once a reply is sent
-            return
-        if not (self._life.running or link.core.phase == "hello"):
-            # Suspended (or accepted but not yet resumed by the delegate): leave the
-            # bytes in the kernel, which pushes back on the peer, until resume().
-            self._watch(link, False)
-            return
-        received = self._receive(link)
-        if received is True:
-            self._deliver(link)
-        elif received is not False:
-            received()
 
     def _receive(self, link: _Link, block: bool = False) -> bool | Callable[[], object]:
         """Read once from ``link`` into its core (the caller holds the read lock).
@@ -835,10 +837,11 @@ class Connection(Generic[Remote]):
     def _deliver(self, link: _Link) -> None:
         core = link.core
         life = self._life
+        cap = self._limits.max_calls_in_flight
         while link is self._link and not link.dead:
             if not (life.running or core.phase == "hello"):
                 return
-            if link.owed >= self._limits.max_calls_in_flight and self._pause_input(link):
+            if len(link.owed) >= cap and self._pause_input(link):
                 return
             event = core.next_event()
             if event is None:
@@ -1475,19 +1478,29 @@ class Connection(Generic[Remote]):
 
     def _pause_input(self, link: _Link) -> bool:
         """The peer has Limits.max_calls_in_flight calls unanswered here: stop reading it
-        (the kernel then pushes back on its writes) until a reply is sent."""
+        (the kernel then pushes back on its writes) until a reply is sent.
+
+        ``link.owed`` is a set (add and discard are atomic), so answering takes no lock
+        unless the link is paused. A reply sent while this runs either sees ``paused``
+        set (and wakes the link) or is seen by the second count here."""
+        cap = self._limits.max_calls_in_flight
         with link.owed_lock:
-            if link.owed < self._limits.max_calls_in_flight:
+            if len(link.owed) < cap:
                 return False
             link.paused = True
+            if len(link.owed) < cap:
+                link.paused = False
+                return False
         self._watch(link, False)
         return True
 
-    def _answered(self, link: _Link) -> None:
+    def _answered(self, link: _Link, key: int) -> None:
         """A call of the peer got its reply (or failure): resume reading if it was paused."""
+        link.owed.discard(key)
+        if not link.paused:
+            return
         with link.owed_lock:
-            link.owed -= 1
-            wake = link.paused and link.owed < self._limits.max_calls_in_flight
+            wake = link.paused and len(link.owed) < self._limits.max_calls_in_flight
             if wake:
                 link.paused = False
         if wake:
@@ -1514,10 +1527,9 @@ class Connection(Generic[Remote]):
             return
         previous = _tls.current
         _tls.current = self
-        if reply is None:
-            # The service is busy while a message is handled (M3); a call with a reply
-            # block is covered by the reply's own transaction until it is answered.
-            _transactions.begin_transaction()
+        # The service is busy while a message is handled (M3); a call with a reply block
+        # is covered by the reply's own transaction until it is answered.
+        transaction = reply is None and _transactions.begin_implicit()
         try:
             result = fn(*event.args) if reply is None else fn(*event.args, reply)
             if result is not None and type(result) is types.CoroutineType:
@@ -1531,7 +1543,7 @@ class Connection(Generic[Remote]):
                 reply._fail(RemoteError(f"{type(exc).__name__}: {exc}"))
         finally:
             _tls.current = previous
-            if reply is None:
+            if transaction:
                 _transactions.end_transaction()
 
     def _start_coroutine(self, coro: types.CoroutineType[Any, Any, Any], reply: Any, method: MethodSpec) -> None:
@@ -1687,6 +1699,10 @@ def _bound_recv(link: _Link, remaining: float | None) -> None:
     seconds = int(want)
     link.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _TIMEVAL.pack(seconds, int((want - seconds) * 1e6)))
     link.recv_timeout = want
+
+
+#: Keys of reply blocks among a link's owed replies (``next`` on a count is atomic).
+_reply_keys = itertools.count(1)
 
 
 def _late_work(fn: Callable[[], object]) -> None:

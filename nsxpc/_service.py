@@ -105,6 +105,7 @@ def main(delegate: Any = None, *, incoming_session_handler: Any = None) -> NoRet
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda signum, frame: request_exit("SIGTERM"))
+    _transactions.implicit = True  # messages handled and replies owed keep the service up (M3/M4)
     threading.Thread(
         target=_watch_idle,
         args=(idle, lambda: request_exit(f"idle for {idle:g} s")),

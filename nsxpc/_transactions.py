@@ -1,8 +1,10 @@
 """L4: transactions, what keeps a launched service from exiting when idle
 (``xpc_transaction_begin`` / ``xpc_transaction_end``, ``os_transaction``).
 
-The runtime opens one while an exported method runs and one per reply that is
-still owed (NSXPC M3/M4); user code opens its own with :func:`transaction`.
+In a launched service the runtime opens one while an exported method runs and one
+per reply that is still owed (NSXPC M3/M4; elsewhere nothing reads the count, and
+they are not opened: :data:`implicit`); user code opens its own with
+:func:`transaction`.
 A service with none open for ``NSXPCIdleExitSeconds`` exits (see _service).
 The count is process-wide and cheap: one lock, one integer, one timestamp.
 """
@@ -14,7 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 
-__all__ = ["begin_transaction", "end_transaction", "idle_since", "open_transactions", "transaction"]
+__all__ = ["begin_implicit", "begin_transaction", "end_transaction", "idle_since", "open_transactions", "transaction"]
 
 # A plain Lock for the count (a Condition's enter and exit are Python code, paid twice
 # per message); the idle timer waits on its own Condition, notified on the way to zero.
@@ -23,6 +25,22 @@ _idle = threading.Condition(threading.Lock())
 _open = 0
 _idle_since = time.monotonic()
 _watchers = 0  # threads in wait_for_change
+
+
+#: Whether the runtime's own transactions (a message being handled, a reply owed) are
+#: counted. Only a launched service, whose idle timer reads the count, needs them; it
+#: turns this on before it accepts a connection (see _service). Elsewhere every message
+#: is spared two trips through the lock.
+implicit = False
+
+
+def begin_implicit() -> bool:
+    """Open the runtime's transaction for a message or an owed reply, if such are
+    counted (:data:`implicit`). Returns whether one was opened: end it then, only."""
+    if implicit:
+        begin_transaction()
+        return True
+    return False
 
 
 def begin_transaction() -> None:
