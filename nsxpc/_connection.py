@@ -1074,25 +1074,24 @@ class Connection(Generic[Remote]):
                 and self._read_lock.acquire(blocking=False)
             ):
                 # The caller reads its own reply: no hand-over from the queue thread.
-                unwatch = self._wants_input
-                try:
-                    if unwatch:
-                        self._watch(link, False)
-                    try:
-                        self._send_call(target, method, values, call, ref)
-                        if call.link is link:
-                            self._read_reply(link, call, deadline)
-                    finally:
-                        if unwatch:
-                            self._watch(link, True)
-                finally:
-                    self._read_lock.release()
-                # Frames read past this call's reply (another caller's, a callback) are
-                # handed to the queue, after the lock is released: posted while holding
-                # it, the queue thread could find it taken, give up, and nobody would
-                # read them (every later holder of the lock does the same on leaving).
-                if link.core.decoder.buffered and not link.dead:
-                    self._post(self._deliver_buffered)
+                self._send_and_read(link, call, deadline, (target, method, values, ref))
+            elif (
+                (link is None or link.dead)
+                and self._life.running
+                and not self._outbox
+                and ref is None
+                and not self._wants_input
+            ):
+                # Not connected yet (a service launched by its first message) or interrupted:
+                # sending connects; then this caller reads its reply too, rather than the queue
+                # thread reading everything from now on.
+                self._send_call(target, method, values, call, ref)
+                link = call.link
+                if not call.done:  # else it ended already: the connection could not be made
+                    if link is not None and self._read_lock.acquire(blocking=False):
+                        self._send_and_read(link, call, deadline)
+                    else:
+                        self._want_input()  # queued, or another caller reads: the queue thread reads it
             else:
                 self._want_input()  # the queue thread will read this reply
                 self._send_call(target, method, values, call, ref)
@@ -1102,6 +1101,36 @@ class Connection(Generic[Remote]):
             call.timer = _timers.schedule(timeout, lambda: self._expire_async(call, timeout))
         self._send_call(target, method, values, call, ref)
         return None
+
+    def _send_and_read(
+        self,
+        link: _Link,
+        call: _Call,
+        deadline: float | None,
+        send: tuple[int, MethodSpec, list[Any], RemoteRef | None] | None = None,
+    ) -> None:
+        """With the read lock taken: send the call (``send``: ``_send_call``'s arguments;
+        None if it was sent), read until its reply, and release the lock."""
+        unwatch = self._wants_input
+        try:
+            if unwatch:
+                self._watch(link, False)
+            try:
+                if send is not None:
+                    self._send_call(send[0], send[1], send[2], call, send[3])
+                if call.link is link:
+                    self._read_reply(link, call, deadline)
+            finally:
+                if unwatch:
+                    self._watch(link, True)
+        finally:
+            self._read_lock.release()
+        # Frames read past this call's reply (another caller's, a callback) are handed to
+        # the queue, after the lock is released: posted while holding it, the queue thread
+        # could find it taken, give up, and nobody would read them (every later holder of
+        # the lock does the same on leaving).
+        if link.core.decoder.buffered and not link.dead:
+            self._post(self._deliver_buffered)
 
     def _send_call(
         self, target: int, method: MethodSpec, values: list[Any], call: _Call | None, ref: RemoteRef | None = None
@@ -1385,6 +1414,8 @@ class Connection(Generic[Remote]):
                 else:
                     self._complete(call, event.values, event.error)
                 return
+            if type(event) is Welcomed:
+                continue  # nothing to do (see _handle): the first call's reply is read here too
             handed = True
             self._post(functools.partial(self._handle, link, event))
 

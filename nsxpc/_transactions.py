@@ -93,15 +93,20 @@ def idle_since() -> float | None:
 
 
 def wait_for_change(timeout: float, while_busy: bool = False) -> None:
-    """Block until a transaction closes to zero or ``timeout`` seconds pass (for the idle timer).
+    """Block for the idle timer: until ``timeout`` seconds pass, or, with ``while_busy``,
+    until no transaction is open (at once if none is).
 
-    With ``while_busy``, return at once if none is open any more (the last one may
-    have closed before this waiter was counted, and so not have notified it)."""
+    Only a busy wait is woken by :func:`end_transaction`. A timer counting down an idle
+    period is not: it reads :func:`idle_since` again when the countdown ends, so a
+    service handling messages does not wake that thread on every reply."""
     global _watchers
     with _idle:
+        if not while_busy:
+            _idle.wait(timeout)
+            return
         _watchers += 1
         try:
-            if while_busy and _open == 0:
+            if _open == 0:
                 return
             _idle.wait(timeout)
         finally:
