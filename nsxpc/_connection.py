@@ -714,9 +714,7 @@ class Connection(Generic[Remote]):
             link = self._link
             if link is not None:
                 self._watch(link, True)
-            # _thread.start_new_thread does not wait for the thread to be scheduled, as
-            # Thread.start() does: half the cost, paid by every new connection.
-            _thread.start_new_thread(self._run, ())
+            _run_on_worker(self._run)
             self._thread = True
 
     def _post(self, fn: Callable[[], object]) -> None:
@@ -735,7 +733,7 @@ class Connection(Generic[Remote]):
                 pass
 
     def _run(self) -> None:
-        _tls.queue = self
+        _tls.queue = self  # reset at the end: the thread may serve another queue next
         epoll = self._epoll
         assert epoll is not None
         wake = self._wake_fd
@@ -761,6 +759,7 @@ class Connection(Generic[Remote]):
                     else:
                         self._on_readable()
         finally:
+            _tls.queue = None
             with self._queue_lock:
                 self._queue_closed = True
                 self._epoll = None
@@ -1732,6 +1731,70 @@ def _bound_recv(link: _Link, remaining: float | None) -> None:
     link.recv_timeout = want
 
 
+# ---------------------------------------------------------------------- queue threads
+# A connection's queue runs on a thread of its own. When the queue ends, its thread waits
+# a while for the next connection's queue instead of exiting: waking a parked thread costs
+# a fraction of starting one, and a process that connects often (or a listener accepting
+# clients one after another) pays that on every connection.
+
+#: How long a queue thread with nothing to run waits for another queue before it exits.
+_WORKER_IDLE_SECONDS = 5.0
+
+
+class _Worker:
+    """A parked queue thread: ``wake`` is released to hand it ``task``."""
+
+    __slots__ = ("task", "wake")
+
+    def __init__(self) -> None:
+        self.task: Callable[[], object] | None = None
+        self.wake = threading.Lock()
+        self.wake.acquire()
+
+
+_idle_workers: list[_Worker] = []  # most recently parked last
+_idle_lock = threading.Lock()
+
+
+def _run_on_worker(task: Callable[[], object]) -> None:
+    """Run ``task`` (a queue's loop) on a parked thread, or on a new one."""
+    with _idle_lock:
+        worker = _idle_workers.pop() if _idle_workers else None
+    if worker is None:
+        # _thread.start_new_thread does not wait for the thread to be scheduled, as
+        # Thread.start() does: half the cost.
+        _thread.start_new_thread(_work, (task,))
+    else:
+        worker.task = task
+        worker.wake.release()
+
+
+def _work(task: Callable[[], object] | None) -> None:
+    worker: _Worker | None = None
+    while task is not None:
+        task()  # Connection._run: catches what its callbacks raise
+        if worker is None:
+            worker = _Worker()
+        with _idle_lock:
+            _idle_workers.append(worker)
+        if not worker.wake.acquire(timeout=_WORKER_IDLE_SECONDS):
+            with _idle_lock:
+                if worker in _idle_workers:
+                    _idle_workers.remove(worker)
+                    return  # nobody needed it
+            worker.wake.acquire()  # taken just as the wait ended: its task is on the way
+        task, worker.task = worker.task, None
+
+
+def _forget_workers() -> None:
+    # In a child made by fork() only the forking thread exists: parked workers are not there.
+    global _idle_lock
+    _idle_workers.clear()
+    _idle_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_workers)
+
 #: Keys of reply blocks among a link's owed replies (``next`` on a count is atomic).
 _reply_keys = itertools.count(1)
 
@@ -1823,15 +1886,26 @@ def _refuse_coroutines(obj: object, iface: Interface) -> None:
     Raises:
         TypeError: ``obj`` has ``async def`` methods and the connection has no ``loop=``.
     """
-    # getattr_static: looking the methods up must not run the object's own __getattribute__.
-    import inspect  # already loaded by nsxpc._interface
-
-    names = sorted(s for s in iface.selectors if _is_async(inspect.getattr_static(obj, s, None)))
+    cls: Any = type(obj)
+    names = _async_methods(cls, iface)
+    own = getattr(obj, "__dict__", None)
+    if own:  # methods set on the instance itself
+        names = sorted({*names, *(s for s in iface.selectors if _is_async(own.get(s)))})
     if names:
         raise TypeError(
             f"the exported object's methods {', '.join(names)} are async def: make the connection "
             "(or its listener) with loop=asyncio.get_running_loop() so they run on that loop"
         )
+
+
+@functools.lru_cache(maxsize=256)
+def _async_methods(cls: Any, iface: Interface) -> list[str]:
+    """The selectors of ``iface`` that ``cls`` defines ``async def`` (looked up once per
+    class and interface: a listener asks for every connection it accepts)."""
+    # getattr_static: looking the methods up must not run the class's own __getattr__.
+    import inspect  # already loaded by nsxpc._interface
+
+    return sorted(s for s in iface.selectors if _is_async(inspect.getattr_static(cls, s, None)))
 
 
 def _is_async(fn: object) -> bool:

@@ -260,8 +260,9 @@ def test_a_silent_client_costs_no_thread_and_is_dropped_at_the_handshake_timeout
     try:
         silent[0].send(b"\x00\x00")  # half a header, then silence
         still_served(side, connections)  # served while 20 peers say nothing
-        # +2: the fresh client's queue and its listener-side queue; nothing for the 20 silent ones.
-        assert len(os.listdir("/proc/self/task")) == threads + 2, "a thread per silent peer"
+        # At most +2: the fresh client's queue and its listener-side queue (fewer when they run
+        # on threads parked by ended connections); nothing for the 20 silent ones.
+        assert len(os.listdir("/proc/self/task")) <= threads + 2, "a thread per silent peer"
         for raw in silent:
             raw.expect_closed()
         logwatch.wait_for(lambda r: "did not complete the handshake" in r.getMessage())
