@@ -80,7 +80,6 @@ from ._transport import (
     recv_chunk,
     send_frame,
     service_socket_path,
-    spawned_credentials,
 )
 from ._values import ListenerEndpoint
 
@@ -1834,12 +1833,7 @@ def _service_credentials(sock: socket.socket, service: Any) -> PeerCredentials:
     (the launcher, systemd), not necessarily the process behind it (research 2.1)."""
     if service is None or service.pid is None:
         return peer_credentials(sock)
-    pidfd = service.dup_pidfd()
-    try:
-        return spawned_credentials(service.pid, pidfd)
-    finally:
-        if pidfd >= 0:
-            os.close(pidfd)
+    return service.credentials()  # type: ignore[no-any-return]
 
 
 def _refusal_read(link: _Link) -> str | None:
@@ -1887,7 +1881,7 @@ def _refuse_coroutines(obj: object, iface: Interface) -> None:
         TypeError: ``obj`` has ``async def`` methods and the connection has no ``loop=``.
     """
     cls: Any = type(obj)
-    names = _async_methods(cls, iface)
+    names = _async_methods(cls, iface.protocol)
     own = getattr(obj, "__dict__", None)
     if own:  # methods set on the instance itself
         names = sorted({*names, *(s for s in iface.selectors if _is_async(own.get(s)))})
@@ -1899,13 +1893,15 @@ def _refuse_coroutines(obj: object, iface: Interface) -> None:
 
 
 @functools.lru_cache(maxsize=256)
-def _async_methods(cls: Any, iface: Interface) -> list[str]:
-    """The selectors of ``iface`` that ``cls`` defines ``async def`` (looked up once per
-    class and interface: a listener asks for every connection it accepts)."""
+def _async_methods(cls: Any, protocol: type) -> list[str]:
+    """The methods of ``protocol`` that ``cls`` defines ``async def`` (looked up once per
+    class and protocol: a listener asks for every connection it accepts, often with an
+    Interface made anew for each)."""
     # getattr_static: looking the methods up must not run the class's own __getattr__.
     import inspect  # already loaded by nsxpc._interface
 
-    return sorted(s for s in iface.selectors if _is_async(inspect.getattr_static(cls, s, None)))
+    selectors = Interface(protocol).selectors
+    return sorted(s for s in selectors if _is_async(inspect.getattr_static(cls, s, None)))
 
 
 def _is_async(fn: object) -> bool:

@@ -105,7 +105,14 @@ from typing import TYPE_CHECKING, Any
 from ._bundle import BundleError, ServiceBundle, find_service
 from ._errors import ConnectionInterrupted, ConnectionInvalid
 from ._sandbox import Prepared, SandboxError, prepare
-from ._transport import check_service_name, check_socket_path, runtime_dir, try_flock
+from ._transport import (
+    PeerCredentials,
+    check_service_name,
+    check_socket_path,
+    runtime_dir,
+    spawned_credentials,
+    try_flock,
+)
 
 if TYPE_CHECKING:
     import subprocess
@@ -215,6 +222,7 @@ class LaunchedService:
         self._exit_reason: str | None = None
         self._started = time.monotonic()
         self._ready = False
+        self._credentials: PeerCredentials | None = None
 
     def __repr__(self) -> str:
         state = f"exited: {self._exit_reason}" if self._exit_reason is not None else "running"
@@ -242,6 +250,23 @@ class LaunchedService:
         """Forget ``cb`` if it has not been called; does nothing otherwise."""
         with self._lock, contextlib.suppress(ValueError):
             self._callbacks.remove(cb)
+
+    def credentials(self) -> PeerCredentials:
+        """Who the instance is (its pid from the spawn; euid, egid and executable read from
+        ``/proc`` while its pidfd shows it alive): read once, at its first connection,
+        and shared by the ones after it, which talk to the same process."""
+        with self._lock:
+            creds = self._credentials
+        if creds is None:
+            pidfd = self.dup_pidfd()
+            try:
+                creds = spawned_credentials(self.pid, pidfd)  # type: ignore[arg-type]
+            finally:
+                if pidfd >= 0:
+                    os.close(pidfd)
+            with self._lock:
+                self._credentials = creds
+        return creds
 
     def dup_pidfd(self) -> int:
         """A copy (close-on-exec, the caller's to close) of the instance's pidfd, or -1 once
