@@ -751,8 +751,8 @@ class SlotType:
     classes: frozenset[type]
     interface: Any
     #: The scalar type whose values this slot takes exactly as they are (an ``int``,
-    #: ``str``, ``bool``, ``float`` or ``None`` annotation, its allowlist not replaced),
-    #: else None: such values need neither conversion nor a call to ``check``.
+    #: ``str``, ``bytes``, ``bool``, ``float`` or ``None`` annotation, its allowlist not
+    #: replaced), else None: such values need neither conversion nor a call to ``check``.
     plain: type | None
     _walk: bool
     _ann_check: Check
@@ -844,8 +844,8 @@ _EXACT = frozenset(
     {bool, int, str, bytes, datetime.datetime, uuid.UUID, ListenerEndpoint, FileDescriptor, SharedMemory}
 )
 _BARE = frozenset({list, tuple, dict, set, frozenset})
-# Scalars a slot can take as they are (bytes is left out: large ones are promoted).
-_PLAIN = frozenset({NoneType, bool, int, float, str})
+# Scalars a slot can take as they are (a large bytes is still promoted: see encode_arguments).
+_PLAIN = frozenset({NoneType, bool, int, float, str, bytes})
 _ABC_ORIGINS: dict[object, tuple[type, ...]] = {
     collections.abc.Sequence: (list, tuple),
     collections.abc.MutableSequence: (list,),

@@ -170,10 +170,9 @@ class _Call(PendingCall):
         self.outcome: tuple[list[Any] | None, XPCError | None] | None = None
         self.timer: _timers.Timer | None = None
         self.timeout: float | None = None  # bounds a wait for a slot (Limits.max_calls_in_flight)
+        # A synchronous caller's lock, made only if it must wait for another thread to end
+        # the call (most read their own reply): see Connection._wait and _complete.
         self.waiter: threading.Lock | None = None
-        if mode == SYNC:
-            self.waiter = waiter = threading.Lock()
-            waiter.acquire()
 
 
 class _Outgoing:
@@ -834,6 +833,7 @@ class Connection(Generic[Remote]):
 
     def _deliver(self, link: _Link) -> None:
         core = link.core
+        decoder = core.decoder
         life = self._life
         cap = self._limits.max_calls_in_flight
         while link is self._link and not link.dead:
@@ -841,6 +841,8 @@ class Connection(Generic[Remote]):
                 return
             if len(link.owed) >= cap and self._pause_input(link):
                 return
+            if not decoder.buf:
+                return  # everything received was delivered (the common case: no call to find out)
             event = core.next_event()
             if event is None:
                 return
@@ -1329,7 +1331,7 @@ class Connection(Generic[Remote]):
 
     def _fail(self, call: _Call, error: XPCError) -> None:
         """End ``call`` with ``error`` from any thread (on the queue, or waking its waiter)."""
-        if call.waiter is not None:
+        if call.mode == SYNC:
             self._complete(call, None, error)
         else:
             self._start_queue()
@@ -1344,9 +1346,11 @@ class Connection(Generic[Remote]):
             self._slot_freed()
         if call.timer is not None:
             call.timer.cancel()
-        if call.waiter is not None:
+        if call.mode == SYNC:
             call.outcome = (values, error)
-            call.waiter.release()
+            waiter = call.waiter  # read after the outcome is set: see _wait
+            if waiter is not None:
+                waiter.release()
             return
         previous = _tls.current
         _tls.current = self
@@ -1391,9 +1395,10 @@ class Connection(Generic[Remote]):
         which ends this call with the other pending ones.
         """
         core = link.core
+        decoder = core.decoder
         handed = False
         while not call.done:
-            event = core.next_event()
+            event = core.next_event() if decoder.buf else None  # empty: no call to find that out
             if event is None:
                 remaining = None
                 if deadline is not None:
@@ -1418,8 +1423,13 @@ class Connection(Generic[Remote]):
             self._post(functools.partial(self._handle, link, event))
 
     def _wait(self, call: _Call, timeout: float | None, deadline: float | None, returns_value: bool) -> Any:
-        waiter = call.waiter
-        assert waiter is not None
+        if call.outcome is None:
+            # Publish a lock, then look again: _complete sets the outcome before it reads
+            # call.waiter, so either it sees this lock and releases it, or the outcome is
+            # seen here.
+            waiter = threading.Lock()
+            waiter.acquire()
+            call.waiter = waiter
         if call.outcome is not None:
             pass  # ended already (the caller read its own reply): nothing to wait for
         elif not waiter.acquire(timeout=-1.0 if deadline is None else max(0.0, deadline - time.monotonic())):

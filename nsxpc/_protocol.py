@@ -88,11 +88,15 @@ def encode_arguments(
         EncodingError: a value fails its slot's allowlist or annotation, or cannot
             be carried, or the message would carry more fds than ``limits.max_fds``.
     """
-    if plain is not None and tuple(map(type, values)) == plain:
+    threshold = None if limits is None else limits.shared_memory_threshold
+    if (
+        plain is not None
+        and tuple(map(type, values)) == plain
+        and (threshold is None or bytes not in plain or all(len(v) <= threshold for v in values if type(v) is bytes))
+    ):
         return values, []
     if len(values) != len(slots):
         raise EncodingError(f"{selector}: expected {len(slots)} {what}s, got {len(values)}")
-    threshold = None if limits is None else limits.shared_memory_threshold
     promote = NEVER if threshold is None else threshold
     fds: list[int] = []
     ctx: EncodeContext | None = None

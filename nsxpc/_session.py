@@ -186,6 +186,7 @@ class _MessageSlot(SlotType):
     def __init__(self) -> None:
         super().__init__(Any, PLAIN_TYPES, _shape_ok)
         self.allowed = Allowed(PLAIN_TYPES, _DeferAnyName())
+        self.plain = bytes  # a packed plain dict (see _prepare) goes, and arrives, as it is
 
     def explain(self, value: object) -> str | None:
         if self.check(value):
@@ -242,35 +243,29 @@ def check_message(value: object, what: str = "message") -> object:
     raise TypeError(f"a {what} must be a dict of plain values or an @nsxpc.secure_coding object, not {t.__qualname__}")
 
 
-_SCALARS = frozenset({type(None), bool, float, str, bytes})
-_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
+_SCALARS = frozenset({type(None), bool, int, float, str, bytes})
+_STR = frozenset({str})
 
 
-def _plain(value: object, depth: int, max_depth: int, sending: bool = False) -> bool:
+def _plain(value: object, depth: int, max_depth: int) -> bool:
     """True for a tree of str-keyed dicts, lists and scalars within ``max_depth``:
-    what msgpack carries as is. ``sending`` also range-checks ints (msgpack's 64 bits)."""
+    what msgpack carries as is (integers beyond 64 bits aside: packing finds those)."""
     if depth >= max_depth:
         return False
     t = type(value)
     if t is dict:
         d: dict[Any, Any] = value  # type: ignore[assignment]
-        for k in d:
-            if type(k) is not str:
-                return False
+        if not _STR.issuperset(map(type, d)):
+            return False
         items: Any = d.values()
     elif t is list:
         items = value
     else:
         return False
-    # Scalars inline (most values): a call per container, not per value.
-    for v in items:
-        tv = type(v)
-        if tv is int:
-            if sending and not _INT_MIN <= v <= _INT_MAX:
-                return False
-        elif tv not in _SCALARS and not _plain(v, depth + 1, max_depth, sending):
-            return False
-    return True
+    # A flat container (most messages) is checked in one pass in C; nested ones by walking.
+    return _SCALARS.issuperset(map(type, items)) or all(
+        type(v) in _SCALARS or _plain(v, depth + 1, max_depth) for v in items
+    )
 
 
 def _prepare(message: object, what: str = "message") -> object:
@@ -281,8 +276,11 @@ def _prepare(message: object, what: str = "message") -> object:
     Raises:
         TypeError, EncodingError: see :func:`check_message`.
     """
-    if type(message) is dict and _plain(message, 0, 32, sending=True):
-        return _codec.pack(message)  # OverflowError impossible: ints were range-checked
+    if type(message) is dict and _plain(message, 0, 32):
+        try:
+            return _codec.pack(message)
+        except EncodingError:
+            pass  # an integer beyond 64 bits: the connection's encoder says which
     return check_message(message, what)
 
 
