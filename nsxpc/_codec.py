@@ -109,8 +109,11 @@ def pack(obj: object) -> bytes:
         packer = msgpack.Packer(use_bin_type=True, datetime=False)
     try:
         return packer.pack(obj)  # type: ignore[no-any-return]
-    except (TypeError, ValueError, OverflowError) as exc:
+    except OverflowError:
         packer.reset()  # a failed pack may leave partial output behind
+        raise EncodingError("cannot encode value: an integer does not fit in 64 bits") from None
+    except (TypeError, ValueError) as exc:
+        packer.reset()
         raise EncodingError(f"cannot encode value: {exc}") from exc
     finally:
         _packers.append(packer)

@@ -744,7 +744,7 @@ class SlotType:
     ``explain(value)`` returns why a value fails, or None.
     """
 
-    __slots__ = ("_ann_check", "_walk", "allowed", "annotation", "check", "classes", "interface", "plain")
+    __slots__ = ("_ann_check", "_walk", "allowed", "annotation", "as_is", "check", "classes", "interface", "plain")
     allowed: Allowed
     annotation: object
     check: Check
@@ -754,6 +754,10 @@ class SlotType:
     #: ``str``, ``bytes``, ``bool``, ``float`` or ``None`` annotation, its allowlist not
     #: replaced), else None: such values need neither conversion nor a call to ``check``.
     plain: type | None
+    #: Whether a value (that passed ``check``) may go, or be delivered, as it is without
+    #: conversion, given the depth limit: a slot's own shortcut beyond ``plain`` (the
+    #: message port's plain dictionaries), else None.
+    as_is: Callable[[object, int], bool] | None
     _walk: bool
     _ann_check: Check
 
@@ -774,6 +778,7 @@ class SlotType:
         self._walk = walk
         plain = NoneType if annotation is None else annotation
         self.plain = plain if plain in _PLAIN and not walk and interface is None else None
+        self.as_is = None
         if walk:
             self.check = lambda v: _walk(v, classes, 0) and ann_check(v)
         else:

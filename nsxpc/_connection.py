@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import _thread
 import collections
+import copy
 import functools
 import itertools
 import os
@@ -1159,6 +1160,9 @@ class Connection(Generic[Remote]):
                 return
             elif not (self._life.running and (link := self._link) is not None and link.ready and not link.dead
                       and not self._outbox):  # fmt: skip
+                # Queued: what is sent must be what the caller passed now (a message is copied
+                # when it is sent), not what a dict a slot took as it is holds later.
+                args = [copy.deepcopy(a) if type(a) is dict else a for a in args]
                 self._outbox.append(_Outgoing(method, args, fds, call, target, origin=ref.link if ref else None))
                 if self._life.running:
                     self._flush(eager=False)

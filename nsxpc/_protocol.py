@@ -113,6 +113,9 @@ def encode_arguments(
                     raise EncodingError(f"{selector} {what} {index}: integer {value} does not fit in 64 bits")
                 out.append(value)
                 continue
+            if slot.as_is is not None and slot.as_is(value, max_depth):
+                out.append(value)  # packing finds an integer beyond 64 bits (see _pack_message)
+                continue
             try:
                 if ctx is None:
                     ctx = EncodeContext(max_depth, fds, export_object, threshold)
@@ -146,10 +149,10 @@ def _pack_message(msg: list[Any], slots: Sequence[SlotType], plain: tuple[type, 
     encoding them slot by slot says which."""
     try:
         return _codec.pack(msg)
-    except EncodingError:
+    except EncodingError as exc:
         if plain is not None and tuple(map(type, msg[-1])) == plain:
             encode_arguments(slots, msg[-1], selector, what, DEFAULT_LIMITS.max_depth, None)
-        raise
+        raise EncodingError(f"{selector}: {exc.message}") from None
 
 
 class PendingCall:
@@ -686,6 +689,9 @@ class ConnectionCore:
                     out.append(value)
                     continue
                 raise DecodingError(f"{selector} {what} {index}: {slot.explain(value)}")
+            if slot.as_is is not None and slot.as_is(value, self.limits.max_depth) and slot.check(value):
+                out.append(value)
+                continue
             try:
                 if ctx is None:
                     limits = self.limits

@@ -176,8 +176,43 @@ def _shape_ok(value: object) -> bool:
         _tls.deferred = 0
         return True
     if t is bytes:
-        return True  # a packed plain dict (see _prepare); unpacked and checked by _unpacked
+        return True  # a packed plain dict from a peer; unpacked and checked by unpack_payload
     return is_secure_coding(t)
+
+
+_SCALARS = frozenset({type(None), bool, int, float, str, bytes})
+_STR = frozenset({str})
+
+
+def _plain(value: object, depth: int, max_depth: int) -> bool:
+    """True for a tree of str-keyed dicts, lists and scalars within ``max_depth``:
+    what msgpack carries as is (integers beyond 64 bits aside: packing finds those)."""
+    if depth >= max_depth:
+        return False
+    t = type(value)
+    if t is dict:
+        d: dict[Any, Any] = value  # type: ignore[assignment]
+        if not _STR.issuperset(map(type, d)):
+            return False
+        items: Any = d.values()
+    elif t is list:
+        items = value
+    else:
+        return False
+    # A flat container (most messages) is checked in one pass in C; nested ones by walking.
+    return _SCALARS.issuperset(map(type, items)) or all(
+        type(v) in _SCALARS or _plain(v, depth + 1, max_depth) for v in items
+    )
+
+
+def _plain_dict(value: object, max_depth: int) -> bool:
+    """The message slot's shortcut: a dict of JSON-like values (``_plain``) goes on the
+    wire as a map as it is, and one received is delivered as msgpack built it."""
+    return type(value) is dict and _plain(value, 0, min(max_depth, _MAX_PLAIN_DEPTH))
+
+
+#: How deep a dictionary sent as it is may nest (deeper ones go through the encoder).
+_MAX_PLAIN_DEPTH = 32
 
 
 class _MessageSlot(SlotType):
@@ -186,7 +221,7 @@ class _MessageSlot(SlotType):
     def __init__(self) -> None:
         super().__init__(Any, PLAIN_TYPES, _shape_ok)
         self.allowed = Allowed(PLAIN_TYPES, _DeferAnyName())
-        self.plain = bytes  # a packed plain dict (see _prepare) goes, and arrives, as it is
+        self.as_is = _plain_dict  # such a dict goes, and arrives, as it is (no conversion)
 
     def explain(self, value: object) -> str | None:
         if self.check(value):
@@ -243,44 +278,16 @@ def check_message(value: object, what: str = "message") -> object:
     raise TypeError(f"a {what} must be a dict of plain values or an @nsxpc.secure_coding object, not {t.__qualname__}")
 
 
-_SCALARS = frozenset({type(None), bool, int, float, str, bytes})
-_STR = frozenset({str})
-
-
-def _plain(value: object, depth: int, max_depth: int) -> bool:
-    """True for a tree of str-keyed dicts, lists and scalars within ``max_depth``:
-    what msgpack carries as is (integers beyond 64 bits aside: packing finds those)."""
-    if depth >= max_depth:
-        return False
-    t = type(value)
-    if t is dict:
-        d: dict[Any, Any] = value  # type: ignore[assignment]
-        if not _STR.issuperset(map(type, d)):
-            return False
-        items: Any = d.values()
-    elif t is list:
-        items = value
-    else:
-        return False
-    # A flat container (most messages) is checked in one pass in C; nested ones by walking.
-    return _SCALARS.issuperset(map(type, items)) or all(
-        type(v) in _SCALARS or _plain(v, depth + 1, max_depth) for v in items
-    )
-
-
 def _prepare(message: object, what: str = "message") -> object:
-    """What goes on the wire for ``message``: a dict of JSON-like values is packed
-    into one bin value here (one msgpack pass, checked by one walk, copied by
-    packing); anything else is checked and left to the connection's encoder.
+    """What goes on the wire for ``message``: a dict of JSON-like values as it is (the
+    message slot's shortcut takes it; packing finds an integer beyond 64 bits); anything
+    else is checked and left to the connection's encoder.
 
     Raises:
         TypeError, EncodingError: see :func:`check_message`.
     """
-    if type(message) is dict and _plain(message, 0, 32):
-        try:
-            return _codec.pack(message)
-        except EncodingError:
-            pass  # an integer beyond 64 bits: the connection's encoder says which
+    if type(message) is dict and _plain(message, 0, _MAX_PLAIN_DEPTH):
+        return message
     return check_message(message, what)
 
 
@@ -402,7 +409,7 @@ class MessageConnection(Connection):
 
     # Sending: the proxies' own path (_call), with the port's three methods.
 
-    # ``message`` comes from _prepare: a packed blob, or a checked dict or object.
+    # ``message`` comes from _prepare: a plain dict, or a checked dict or object.
 
     def send_one_way(self, message: object) -> None:
         self._call(_ROOT, _M_SEND, [message], None, PLAIN, None, None)  # type: ignore[arg-type]

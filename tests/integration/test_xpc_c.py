@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import msgpack
 import pytest
 
 import nsxpc
@@ -298,7 +297,7 @@ def test_a_malformed_message_is_dropped_and_the_connection_stays_up(
         logwatch.wait_for(lambda r: "dropped a message" in r.getMessage())
         raw.invoke(2, "message_with_reply", [{"fine": 1}])
         answer = raw.recv_msg()  # the same connection still works
-        assert answer[:2] == [4, 2] and msgpack.unpackb(answer[2][0]) == {"ok": True}, answer
+        assert answer[:2] == [4, 2] and answer[2][0] == {"ok": True}, answer
     finally:
         raw.close()
     assert peers.wait_len(1) == [xpc.ERROR_CONNECTION_INVALID]  # the peer went away: invalid
