@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import struct
 from collections import deque
+from collections.abc import Sequence
 
 from ._errors import ProtocolError
 
@@ -69,7 +70,7 @@ class FrameDecoder:
         self._fds: deque[int] = deque()
         self._dead = False
 
-    def feed(self, data: bytes | memoryview, fds: tuple[int, ...] | list[int] = ()) -> None:
+    def feed(self, data: bytes | memoryview, fds: Sequence[int] = ()) -> None:
         """Append received bytes and the fds that arrived with them."""
         if self._dead:
             raise ProtocolError("frame decoder used after a framing error")
@@ -106,12 +107,8 @@ class FrameDecoder:
             self._compact()
             return None
         length, nfds, flags = HEADER.unpack_from(buf, pos)
-        if flags:
-            self._fail(f"frame header has unknown flags {flags:#06x}")
-        if length > self.max_frame_size:
-            self._fail(f"frame of {length} bytes exceeds the {self.max_frame_size}-byte cap")
-        if nfds > self.max_fds:
-            self._fail(f"frame carries {nfds} file descriptors, more than the cap of {self.max_fds}")
+        if flags or length > self.max_frame_size or nfds > self.max_fds:
+            self._bad_header(length, nfds, flags)
         end = pos + 8 + length
         if size < end:
             self._compact()
@@ -133,6 +130,13 @@ class FrameDecoder:
         if self._pos:
             del self.buf[: self._pos]
             self._pos = 0
+
+    def _bad_header(self, length: int, nfds: int, flags: int) -> None:
+        if flags:
+            self._fail(f"frame header has unknown flags {flags:#06x}")
+        if length > self.max_frame_size:
+            self._fail(f"frame of {length} bytes exceeds the {self.max_frame_size}-byte cap")
+        self._fail(f"frame carries {nfds} file descriptors, more than the cap of {self.max_fds}")
 
     def _fail(self, reason: str) -> None:
         self._dead = True
