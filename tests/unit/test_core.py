@@ -314,6 +314,31 @@ def test_integers_beyond_64_bits_are_refused_when_encoding() -> None:
     assert client.pending_count == 0
 
 
+def test_plain_arguments_skip_slot_encoding_and_an_integer_beyond_64_bits_is_still_named() -> None:
+    client, server, iface = make_pair()
+    method = iface.method("add")
+    assert method is not None and method.arg_types == (int, int)
+    values = [2, 3]
+    args, fds = encode_arguments(method.args, values, "add", "argument", 32, None, None, method.arg_types)
+    assert args is values and not fds  # taken as they are
+    call = PendingCall(method)
+    (received,) = server.receive(client.invoke(method, args, 0, call, _messages.ROOT_OBJECT))
+    assert isinstance(received, CallReceived) and received.args == [2, 3]
+    big = [2**64, 1]
+    args, _ = encode_arguments(method.args, big, "add", "argument", 32, None, None, method.arg_types)
+    with pytest.raises(nsxpc.EncodingError, match=r"add argument 0: integer .* does not fit in 64 bits"):
+        client.invoke(method, args, 0, PendingCall(method), _messages.ROOT_OBJECT)
+    assert client.pending_count == 1  # the first call only: nothing registered for the one not sent
+
+
+def test_a_bool_where_an_int_is_annotated_takes_the_checked_path_and_is_refused() -> None:
+    _, _, iface = make_pair()
+    method = iface.method("add")
+    assert method is not None
+    with pytest.raises(nsxpc.EncodingError, match="add argument 0"):
+        encode_arguments(method.args, [True, 1], "add", "argument", 32, None, None, method.arg_types)
+
+
 def test_a_message_over_the_frame_cap_is_refused_before_sending() -> None:
     iface = nsxpc.Interface(Adder)
     client = ConnectionCore(client=True, limits=nsxpc.Limits(max_frame_size=64))
