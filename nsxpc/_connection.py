@@ -4,7 +4,10 @@ Threads (DESIGN.md "Runtime guidance"):
 - Each connection has one thread, its *serial queue* (NSXPC H4): it reads
   the socket, decodes one frame at a time, and runs exported methods, reply
   blocks, error handlers and the interruption and invalidation handlers, one
-  at a time, in order. Separate connections run concurrently (X3).
+  at a time, in order. Separate connections run concurrently (X3). When a
+  queue ends, its thread waits up to 5 s for the next connection's queue
+  before it exits (see "queue threads" below): a process that connects often
+  does not start a thread per connection.
 - A call is encoded and written on the calling thread (no hop on the way out);
   a synchronous caller is woken directly when its reply is decoded.
 - Callbacks the user supplies never run while a library lock is held.
