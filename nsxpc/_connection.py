@@ -1087,17 +1087,15 @@ class Connection(Generic[Remote]):
                 and not self._outbox
                 and ref is None
                 and not self._wants_input
+                and self._read_lock.acquire(blocking=False)
             ):
                 # Not connected yet (a service launched by its first message) or interrupted:
-                # sending connects; then this caller reads its reply too, rather than the queue
-                # thread reading everything from now on.
-                self._send_call(target, method, values, call, ref)
-                link = call.link
-                if not call.done:  # else it ended already: the connection could not be made
-                    if link is not None and self._read_lock.acquire(blocking=False):
-                        self._send_and_read(link, call, deadline)
-                    else:
-                        self._want_input()  # queued, or another caller reads: the queue thread reads it
+                # sending connects; this caller then reads its reply too, rather than the queue
+                # thread reading everything from now on. The read lock is taken before the
+                # call is sent, as above, so that no other reader can take its reply.
+                self._send_and_read(None, call, deadline, (target, method, values, ref))
+                if not call.done and call.link is None:
+                    self._want_input()  # queued (not connected after all): the queue thread reads it
             else:
                 self._want_input()  # the queue thread will read this reply
                 self._send_call(target, method, values, call, ref)
@@ -1110,32 +1108,34 @@ class Connection(Generic[Remote]):
 
     def _send_and_read(
         self,
-        link: _Link,
+        link: _Link | None,
         call: _Call,
         deadline: float | None,
-        send: tuple[int, MethodSpec, list[Any], RemoteRef | None] | None = None,
+        send: tuple[int, MethodSpec, list[Any], RemoteRef | None],
     ) -> None:
-        """With the read lock taken: send the call (``send``: ``_send_call``'s arguments;
-        None if it was sent), read until its reply, and release the lock."""
-        unwatch = self._wants_input
+        """With the read lock taken: send the call (``send``: ``_send_call``'s arguments)
+        on ``link`` (None: on the link that sending makes), read until its reply, and
+        release the lock."""
+        unwatch = link if link is not None and self._wants_input else None
+        read: _Link | None = None
         try:
-            if unwatch:
-                self._watch(link, False)
+            if unwatch is not None:
+                self._watch(unwatch, False)
             try:
-                if send is not None:
-                    self._send_call(send[0], send[1], send[2], call, send[3])
-                if call.link is link:
-                    self._read_reply(link, call, deadline)
+                self._send_call(send[0], send[1], send[2], call, send[3])
+                read = call.link
+                if read is not None and (link is None or read is link):
+                    self._read_reply(read, call, deadline)
             finally:
-                if unwatch:
-                    self._watch(link, True)
+                if unwatch is not None:
+                    self._watch(unwatch, True)
         finally:
             self._read_lock.release()
         # Frames read past this call's reply (another caller's, a callback) are handed to
         # the queue, after the lock is released: posted while holding it, the queue thread
         # could find it taken, give up, and nobody would read them (every later holder of
         # the lock does the same on leaving).
-        if link.core.decoder.buffered and not link.dead:
+        if read is not None and read.core.decoder.buffered and not read.dead:
             self._post(self._deliver_buffered)
 
     def _send_call(

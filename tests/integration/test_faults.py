@@ -78,6 +78,34 @@ def test_kill9_mid_call_interrupts_every_outstanding_call_once_then_the_handler_
     assert ("invalidated",) not in after
 
 
+def test_threads_reconnecting_with_their_first_synchronous_calls_each_get_their_answer(
+    lab_server: Child, spawn: Callable[..., Child], connections: Connections
+):
+    # After an interruption the next message reconnects. Several threads making that
+    # first call at once (no timeout: a reply taken by the wrong reader would hang one)
+    # each read, or are handed, their own reply, and none waits on a reply already read.
+    conn = connections.lab(lab_server.name)
+    interrupted = Recorder()
+    conn.interruption_handler = interrupted.event("interrupted")
+    assert sync_proxy(conn).add(1, 1) == 2
+    lab_server.kill9()
+    interrupted.wait_len(1)
+    spawn("lab_server.py", lab_server.name)
+    results = Recorder()
+
+    def worker(t: int) -> None:
+        sync = sync_proxy(conn, timeout=None)  # type: ignore[arg-type]
+        results.add((t, [sync.add(t * 100, i) for i in range(20)]))
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(TIMEOUT)
+    assert not any(thread.is_alive() for thread in threads), "a caller is still waiting"
+    assert sorted(results.snapshot()) == [(t, [t * 100 + i for i in range(20)]) for t in range(6)]
+
+
 def test_a_message_while_the_service_is_down_is_interrupted_and_the_connection_stays_valid(
     lab_server: Child, spawn: Callable[..., Child], connections: Connections
 ):
