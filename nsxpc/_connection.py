@@ -1070,32 +1070,22 @@ class Connection(Generic[Remote]):
                 )
             deadline = None if timeout is None else time.monotonic() + timeout
             link = self._link
-            if (
-                link is not None
-                and link.ready
-                and self._life.running
-                and not self._outbox
-                and (ref is None or ref.link is link)
-                and link.core.pending_count < self._limits.max_calls_in_flight  # _calls_in_flight(): no outbox
-                and self._read_lock.acquire(blocking=False)
-            ):
-                # The caller reads its own reply: no hand-over from the queue thread.
-                self._send_and_read(link, call, deadline, (target, method, values, ref))
-            elif (
-                (link is None or link.dead)
-                and self._life.running
-                and not self._outbox
-                and ref is None
-                and not self._wants_input
-                and self._read_lock.acquire(blocking=False)
-            ):
-                # Not connected yet (a service launched by its first message) or interrupted:
-                # sending connects; this caller then reads its reply too, rather than the queue
-                # thread reading everything from now on. The read lock is taken before the
-                # call is sent, as above, so that no other reader can take its reply.
-                self._send_and_read(None, call, deadline, (target, method, values, ref))
-                if not call.done and call.link is None:
-                    self._want_input()  # queued (not connected after all): the queue thread reads it
+            # Not connected yet (a service launched by its first message) or interrupted:
+            # sending connects, and this caller reads its reply too, unless the queue
+            # thread reads everything anyway (it would find the new socket readable first).
+            if link is None or link.dead:
+                fresh, direct = True, ref is None and not self._wants_input
+            else:
+                fresh = False
+                direct = (
+                    link.ready
+                    and (ref is None or ref.link is link)
+                    and link.core.pending_count < self._limits.max_calls_in_flight  # _calls_in_flight(): no outbox
+                )
+            if direct and self._life.running and not self._outbox and self._read_lock.acquire(blocking=False):
+                # The caller reads its own reply: no hand-over from the queue thread. The read
+                # lock is taken before the call is sent, so no other reader can take the reply.
+                self._send_and_read(None if fresh else link, call, deadline, (target, method, values, ref))
             else:
                 self._want_input()  # the queue thread will read this reply
                 self._send_call(target, method, values, call, ref)
@@ -1137,6 +1127,10 @@ class Connection(Generic[Remote]):
         # the lock does the same on leaving).
         if read is not None and read.core.decoder.buffered and not read.dead:
             self._post(self._deliver_buffered)
+        if not call.done and (read is None or (link is not None and read is not link)):
+            # Queued (not connected after all), or sent on a newer link than the one
+            # expected (it died meanwhile): not read here, so the queue thread reads it.
+            self._want_input()
 
     def _send_call(
         self, target: int, method: MethodSpec, values: list[Any], call: _Call | None, ref: RemoteRef | None = None
