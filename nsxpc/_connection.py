@@ -217,7 +217,7 @@ class _ReplyBlock:
         self._method = method
         self._used = False
         # A reply still owed keeps a launched service from exiting when idle (NSXPC M4).
-        self._transaction = _transactions.implicit and _transactions.begin_implicit()
+        self._transaction = _transactions.begin_implicit()
         # Counted among the replies owed to the peer (Limits.max_calls_in_flight); keyed
         # by a number of our own, never by the peer's sequence number.
         self._key = key = next(_reply_keys)
@@ -234,9 +234,7 @@ class _ReplyBlock:
         if self._transaction:
             _transactions.end_transaction()
         link = self._link
-        link.owed.discard(self._key)
-        if link.paused:
-            self._conn._answered(link, self._key)
+        self._conn._answered(link, self._key)
         try:
             frame, fds = link.core.reply(self._seq, self._method, values)
         except EncodingError as exc:
@@ -1571,7 +1569,7 @@ class Connection(Generic[Remote]):
         _tls.current = self
         # The service is busy while a message is handled (M3); a call with a reply block
         # is covered by the reply's own transaction until it is answered.
-        transaction = reply is None and _transactions.implicit and _transactions.begin_implicit()
+        transaction = reply is None and _transactions.begin_implicit()
         try:
             result = fn(*event.args) if reply is None else fn(*event.args, reply)
             if result is not None and type(result) is types.CoroutineType:
