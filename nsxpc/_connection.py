@@ -1892,7 +1892,7 @@ def _refuse_coroutines(obj: object, iface: Interface) -> None:
         TypeError: ``obj`` has ``async def`` methods and the connection has no ``loop=``.
     """
     cls: Any = type(obj)
-    names = _async_methods(cls, iface.protocol)
+    names = _async_methods(cls, iface.selectors)
     own = getattr(obj, "__dict__", None)
     if own:  # methods set on the instance itself
         names = sorted({*names, *(s for s in iface.selectors if _is_async(own.get(s)))})
@@ -1904,14 +1904,13 @@ def _refuse_coroutines(obj: object, iface: Interface) -> None:
 
 
 @functools.lru_cache(maxsize=256)
-def _async_methods(cls: Any, protocol: type) -> list[str]:
-    """The methods of ``protocol`` that ``cls`` defines ``async def`` (looked up once per
-    class and protocol: a listener asks for every connection it accepts, often with an
+def _async_methods(cls: Any, selectors: frozenset[str]) -> list[str]:
+    """The ``selectors`` that ``cls`` defines ``async def`` (looked up once per class and
+    set of selectors: a listener asks for every connection it accepts, often with an
     Interface made anew for each)."""
     # getattr_static: looking the methods up must not run the class's own __getattr__.
     import inspect  # already loaded by nsxpc._interface
 
-    selectors = Interface(protocol).selectors
     return sorted(s for s in selectors if _is_async(inspect.getattr_static(cls, s, None)))
 
 

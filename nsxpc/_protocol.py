@@ -640,14 +640,10 @@ class ConnectionCore:
             want = "expects a reply" if method.wants_reply else "is one-way"
             return CallRejected(seq, selector, DecodingError(
                 f"{selector}: incompatible reply block signature (the method {want})"))  # fmt: skip
-        plain = method.arg_types
-        if plain is not None and tuple(map(type, raw_args)) == plain:
-            args = raw_args  # scalars of exactly the slots' types (see _decode)
-        else:
-            try:
-                args = self._decode(method.args, raw_args, fds, selector, "argument")
-            except DecodingError as exc:
-                return CallRejected(seq, selector, exc)
+        try:
+            args = self._decode(method.args, raw_args, fds, selector, "argument", method.arg_types)
+        except DecodingError as exc:
+            return CallRejected(seq, selector, exc)
         return CallReceived(seq, target, obj, method, args)
 
     def _on_answer(self, msg: list[Any], fds: tuple[int, ...]) -> Event | None:
