@@ -428,6 +428,20 @@ class Client:
         raise Unsupported
 
     def connect_first_call(self) -> int:
+        """Nanoseconds from a new connection to its first reply; the connection is closed
+        after the clock stops, and the reply checked."""
+        clock = time.perf_counter_ns
+        t0 = clock()
+        result, expected, close = self._first_call()
+        elapsed = clock() - t0
+        close()
+        if result != expected:
+            raise RuntimeError(f"the first call returned {result!r}, not {expected!r}")
+        return elapsed
+
+    def _first_call(self) -> tuple[object, object, Callable[[], object]]:
+        """Connect anew and make the first call: (its result, the result expected, what
+        closes the connection)."""
         raise Unsupported
 
     def abort(self) -> None:
@@ -478,16 +492,12 @@ class FloorClient(Client):
         recv_exactly(self.sock, self.back)
         return self.back
 
-    def connect_first_call(self) -> int:
-        clock = time.perf_counter_ns
-        t0 = clock()
+    def _first_call(self) -> tuple[object, object, Callable[[], object]]:
         sock = self._connect()
         sock.sendall(PING_FRAME)
         got = bytearray(len(PING_FRAME))
         recv_exactly(sock, got)
-        elapsed = clock() - t0
-        sock.close()
-        return elapsed
+        return bytes(got), PING_FRAME, sock.close
 
 
 class MsgpackFloorClient(Client):
@@ -553,16 +563,9 @@ class NsxpcClient(Client):
     def echo(self, payload: bytes) -> bytes | bytearray:
         return self.sync.echo(payload)  # type: ignore[no-any-return]
 
-    def connect_first_call(self) -> int:
-        clock = time.perf_counter_ns
-        t0 = clock()
+    def _first_call(self) -> tuple[object, object, Callable[[], object]]:
         conn, sync = self._connect()
-        result = sync.add(1, 2)
-        elapsed = clock() - t0
-        conn.invalidate()
-        if result != 3:
-            raise RuntimeError(f"add(1, 2) returned {result!r}")
-        return elapsed
+        return sync.add(1, 2), 3, conn.invalidate
 
 
 class NsxpcInlineClient(NsxpcClient):
@@ -743,16 +746,10 @@ class SessionClient(Client):
         if self.call(n) != n + 1:
             raise RuntimeError("the round trip after the one-way messages failed")
 
-    def connect_first_call(self) -> int:
-        clock = time.perf_counter_ns
-        t0 = clock()
+    def _first_call(self) -> tuple[object, object, Callable[[], object]]:
         session = self._connect()
         result = session.send_sync({"op": "add", "a": 1, "b": 2}).decode()["r"]
-        elapsed = clock() - t0
-        session.cancel(reason="bench done")
-        if result != 3:
-            raise RuntimeError(f"add(1, 2) returned {result!r}")
-        return elapsed
+        return result, 3, lambda: session.cancel(reason="bench done")
 
 
 class MPConnectionClient(Client):
@@ -787,17 +784,10 @@ class MPConnectionClient(Client):
         self.conn.send(("echo", payload))
         return self.conn.recv_bytes()  # type: ignore[no-any-return]
 
-    def connect_first_call(self) -> int:
-        clock = time.perf_counter_ns
-        t0 = clock()
+    def _first_call(self) -> tuple[object, object, Callable[[], object]]:
         conn = self._connect()
         conn.send(("add", 1))
-        result = conn.recv()
-        elapsed = clock() - t0
-        conn.close()
-        if result != 2:
-            raise RuntimeError(f"add returned {result!r}")
-        return elapsed
+        return conn.recv(), 2, conn.close
 
 
 class MPManagersClient(Client):
@@ -830,16 +820,10 @@ class MPManagersClient(Client):
     def echo(self, payload: bytes) -> bytes | bytearray:
         return self.adder.echo(payload)  # type: ignore[no-any-return]
 
-    def connect_first_call(self) -> int:
-        clock = time.perf_counter_ns
-        t0 = clock()
+    def _first_call(self) -> tuple[object, object, Callable[[], object]]:
         manager, adder = self._connect()
-        result = adder.add(1, 2)
-        elapsed = clock() - t0
-        del adder, manager
-        if result != 3:
-            raise RuntimeError(f"add returned {result!r}")
-        return elapsed
+        held = [manager, adder]  # dropped once the clock has stopped: the proxy and manager close then
+        return adder.add(1, 2), 3, held.clear
 
 
 class Pyro5Client(Client):
@@ -875,16 +859,9 @@ class Pyro5Client(Client):
 
         return serpent.tobytes(self.proxy.echo(payload))  # type: ignore[no-any-return]
 
-    def connect_first_call(self) -> int:
-        clock = time.perf_counter_ns
-        t0 = clock()
+    def _first_call(self) -> tuple[object, object, Callable[[], object]]:
         proxy = self._connect()  # Pyro5 connects on the first call
-        result = proxy.add(1, 2)
-        elapsed = clock() - t0
-        proxy._pyroRelease()
-        if result != 3:
-            raise RuntimeError(f"add returned {result!r}")
-        return elapsed
+        return proxy.add(1, 2), 3, proxy._pyroRelease
 
 
 class RpycClient(Client):
@@ -919,16 +896,9 @@ class RpycClient(Client):
     def echo(self, payload: bytes) -> bytes | bytearray:
         return self.conn.root.echo(payload)  # type: ignore[no-any-return]
 
-    def connect_first_call(self) -> int:
-        clock = time.perf_counter_ns
-        t0 = clock()
+    def _first_call(self) -> tuple[object, object, Callable[[], object]]:
         conn = self._connect()
-        result = conn.root.add(1, 2)
-        elapsed = clock() - t0
-        conn.close()
-        if result != 3:
-            raise RuntimeError(f"add returned {result!r}")
-        return elapsed
+        return conn.root.add(1, 2), 3, conn.close
 
 
 class GrpcClient(Client):
@@ -962,16 +932,9 @@ class GrpcClient(Client):
     def echo(self, payload: bytes) -> bytes | bytearray:
         return self.echo_call(payload)  # type: ignore[no-any-return]
 
-    def connect_first_call(self) -> int:
-        clock = time.perf_counter_ns
-        t0 = clock()
+    def _first_call(self) -> tuple[object, object, Callable[[], object]]:
         channel, add = self._connect()
-        result = struct.unpack(">q", add(struct.pack(">q", 1)))[0]
-        elapsed = clock() - t0
-        channel.close()
-        if result != 2:
-            raise RuntimeError(f"add returned {result!r}")
-        return elapsed
+        return struct.unpack(">q", add(struct.pack(">q", 1)))[0], 2, channel.close
 
 
 class ZmqClient(Client):
@@ -1004,17 +967,10 @@ class ZmqClient(Client):
         self.req.send(msgpack.packb(["echo", payload]))
         return msgpack.unpackb(self.req.recv())  # type: ignore[no-any-return]
 
-    def connect_first_call(self) -> int:
-        clock = time.perf_counter_ns
-        t0 = clock()
+    def _first_call(self) -> tuple[object, object, Callable[[], object]]:
         req = self._connect()
         req.send(msgpack.packb(["add", 1]))
-        result = msgpack.unpackb(req.recv())
-        elapsed = clock() - t0
-        req.close(linger=0)
-        if result != 2:
-            raise RuntimeError(f"add returned {result!r}")
-        return elapsed
+        return msgpack.unpackb(req.recv()), 2, lambda: req.close(linger=0)
 
 
 def _importable(module: str) -> str | None:
