@@ -4,8 +4,10 @@ and the "ready" handshake between a child and its parent."""
 from __future__ import annotations
 
 import select
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 
 import nsxpc
@@ -60,3 +62,26 @@ def wait_ready(proc: subprocess.Popen[bytes]) -> None:
     if line.strip() != b"ready":
         proc.kill()
         raise SystemExit(f"a benchmark child did not start within {READY_TIMEOUT:g} s (said {line!r})")
+
+
+def time_ping_pong(sock: socket.socket, frame: bytes, n: int) -> list[int]:
+    """``n`` round trips of the raw-socket floor, each timed on its own (nanoseconds):
+    ``frame`` written with ``sendall`` and read back whole.
+
+    Raises:
+        ConnectionError: the echoing side went away.
+    """
+    samples = [0] * n
+    clock = time.perf_counter_ns
+    size = len(frame)
+    for k in range(n):
+        t0 = clock()
+        sock.sendall(frame)
+        got = sock.recv(64)
+        while len(got) < size:
+            more = sock.recv(64)
+            if not more:
+                raise ConnectionError("the floor's echoing side went away")
+            got += more
+        samples[k] = clock() - t0
+    return samples

@@ -40,7 +40,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: nsxpc/, protocols/
 sys.path.insert(1, str(Path(__file__).resolve().parent))  # bench/_common.py
 
-from _common import serve_adder, wait_ready
+from _common import serve_adder, time_ping_pong, wait_ready
 
 import nsxpc
 from protocols.kitchen import kitchen_interface
@@ -73,23 +73,6 @@ def serve_floor(fd: int) -> int:
 
 
 # ---------------------------------------------------------------------- parent
-
-
-def time_floor(sock: socket.socket, n: int) -> list[int]:
-    samples = [0] * n
-    clock = time.perf_counter_ns
-    frame, size = FRAME, len(FRAME)
-    for i in range(n):
-        t0 = clock()
-        sock.sendall(frame)
-        got = sock.recv(64)
-        while len(got) < size:
-            more = sock.recv(64)
-            if not more:
-                raise SystemExit("the floor child went away")
-            got += more
-        samples[i] = clock() - t0
-    return samples
 
 
 def time_nsxpc(sync: object, n: int) -> list[int]:
@@ -141,7 +124,7 @@ def run(iterations: int, rounds: int, warmup: int) -> dict[str, object]:
         connection.resume()
         sync = connection.synchronous_remote_object_proxy_with_error_handler(lambda error: None, timeout=CALL_TIMEOUT)
 
-        time_floor(parent_end, warmup)
+        time_ping_pong(parent_end, FRAME, warmup)
         time_nsxpc(sync, warmup)
 
         floor: list[int] = []
@@ -151,11 +134,11 @@ def run(iterations: int, rounds: int, warmup: int) -> dict[str, object]:
         for r in range(rounds):
             gc.collect()
             if r % 2 == 0:
-                f = time_floor(parent_end, batch)
+                f = time_ping_pong(parent_end, FRAME, batch)
                 x = time_nsxpc(sync, batch)
             else:
                 x = time_nsxpc(sync, batch)
-                f = time_floor(parent_end, batch)
+                f = time_ping_pong(parent_end, FRAME, batch)
             floor += f
             rpc += x
             per_round.append(

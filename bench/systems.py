@@ -40,6 +40,7 @@ if str(ROOT) not in sys.path:
 
 import attrs  # noqa: E402
 import msgpack  # noqa: E402
+from _common import time_ping_pong  # noqa: E402  (bench/, this script's folder)
 
 import nsxpc  # noqa: E402
 
@@ -466,20 +467,7 @@ class FloorClient(Client):
         self.sock.close()
 
     def time_calls(self, start: int, n: int) -> list[int]:
-        samples = [0] * n
-        clock = time.perf_counter_ns
-        sock, frame, size = self.sock, PING_FRAME, len(PING_FRAME)
-        for k in range(n):
-            t0 = clock()
-            sock.sendall(frame)
-            got = sock.recv(64)
-            while len(got) < size:
-                more = sock.recv(64)
-                if not more:
-                    raise ConnectionError("the floor server went away")
-                got += more
-            samples[k] = clock() - t0
-        return samples
+        return time_ping_pong(self.sock, PING_FRAME, n)
 
     def echo(self, payload: bytes) -> bytes | bytearray:
         self.sock.sendall(HEADER.pack(len(payload)))
