@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 import nsxpc
 from protocols.kitchen import kitchen_interface
@@ -85,3 +86,24 @@ def time_ping_pong(sock: socket.socket, frame: bytes, n: int) -> list[int]:
             got += more
         samples[k] = clock() - t0
     return samples
+
+
+def time_adds(sync: Any, n: int) -> list[int]:
+    """``n`` calls ``sync.add(i, 1)`` through a value-returning synchronous proxy, each
+    timed on its own (nanoseconds), each reply checked."""
+    samples = [0] * n
+    clock = time.perf_counter_ns
+    add = sync.add
+    for i in range(n):
+        t0 = clock()
+        result = add(i, 1)
+        samples[i] = clock() - t0
+        if result != i + 1:
+            raise SystemExit(f"add({i}, 1) returned {result!r}")
+    return samples
+
+
+def percentile_us(sorted_ns: list[int], q: float) -> float:
+    """The q-th percentile (nearest rank) of sorted nanoseconds, in microseconds."""
+    rank = max(0, min(len(sorted_ns) - 1, round(q / 100 * len(sorted_ns) + 0.5) - 1))
+    return sorted_ns[rank] / 1000

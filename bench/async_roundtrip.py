@@ -36,7 +36,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: nsxpc/, protocols/
 sys.path.insert(1, str(Path(__file__).resolve().parent))  # bench/_common.py
 
-from _common import serve_adder, wait_ready
+from _common import percentile_us, serve_adder, time_adds, wait_ready
 
 import nsxpc
 from protocols.kitchen import kitchen_interface
@@ -49,19 +49,6 @@ CALL_TIMEOUT: float | None = float(os.environ.get("CALL_TIMEOUT", "30")) or None
 
 def never(err: Exception) -> None:
     raise SystemExit(f"a call failed: {err!r}")
-
-
-def time_sync(sync: Any, n: int) -> list[int]:
-    samples = [0] * n
-    clock = time.perf_counter_ns
-    add = sync.add
-    for i in range(n):
-        t0 = clock()
-        result = add(i, 1)
-        samples[i] = clock() - t0
-        if result != i + 1:
-            raise SystemExit(f"add({i}, 1) returned {result!r}")
-    return samples
 
 
 async def time_async(aproxy: Any, n: int) -> list[int]:
@@ -79,8 +66,7 @@ async def time_async(aproxy: Any, n: int) -> list[int]:
 
 def summary(samples: list[int]) -> dict[str, float]:
     ordered = sorted(samples)
-    p99 = ordered[max(0, min(len(ordered) - 1, round(0.99 * len(ordered) + 0.5) - 1))]
-    return {"median": statistics.median(ordered) / 1000, "p99": p99 / 1000}
+    return {"median": statistics.median(ordered) / 1000, "p99": percentile_us(ordered, 99)}
 
 
 async def measure(name: str, iterations: int, rounds: int, warmup: int) -> dict[str, Any]:
@@ -96,7 +82,7 @@ async def measure(name: str, iterations: int, rounds: int, warmup: int) -> dict[
         sync = threaded.synchronous_remote_object_proxy_with_error_handler(never, timeout=CALL_TIMEOUT)
         a_loop = looped.async_remote_object_proxy(timeout=CALL_TIMEOUT)
         a_thread = threaded.async_remote_object_proxy(timeout=CALL_TIMEOUT)
-        time_sync(sync, warmup)
+        time_adds(sync, warmup)
         await time_async(a_loop, warmup)
         await time_async(a_thread, warmup)
         per = max(1, iterations // rounds)
@@ -106,7 +92,7 @@ async def measure(name: str, iterations: int, rounds: int, warmup: int) -> dict[
             order = order[r % 3 :] + order[: r % 3]
             for kind in order:
                 if kind == "sync":
-                    got[kind] += time_sync(sync, per)
+                    got[kind] += time_adds(sync, per)
                 elif kind == "async_loop":
                     got[kind] += await time_async(a_loop, per)
                 else:

@@ -48,6 +48,7 @@ sys.path.insert(0, str(HERE))  # bench/systems.py
 sys.path.insert(1, str(HERE.parent))  # the repository root: nsxpc/
 
 import systems  # noqa: E402
+from _common import percentile_us  # noqa: E402
 
 READY_TIMEOUT = 30.0  # seconds for a server child to start
 MiB = 1024 * 1024
@@ -73,12 +74,6 @@ class Settings:
 
 
 # ------------------------------------------------------------------ statistics
-
-
-def percentile_us(sorted_ns: list[int], q: float) -> float:
-    """The q-th percentile (nearest rank) in microseconds."""
-    rank = max(0, min(len(sorted_ns) - 1, round(q / 100 * len(sorted_ns) + 0.5) - 1))
-    return sorted_ns[rank] / 1000
 
 
 def ratio(a: float | None, b: float | None) -> float | None:

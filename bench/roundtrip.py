@@ -34,13 +34,12 @@ import struct
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: nsxpc/, protocols/
 sys.path.insert(1, str(Path(__file__).resolve().parent))  # bench/_common.py
 
-from _common import serve_adder, time_ping_pong, wait_ready
+from _common import percentile_us, serve_adder, time_adds, time_ping_pong, wait_ready
 
 import nsxpc
 from protocols.kitchen import kitchen_interface
@@ -75,30 +74,11 @@ def serve_floor(fd: int) -> int:
 # ---------------------------------------------------------------------- parent
 
 
-def time_nsxpc(sync: object, n: int) -> list[int]:
-    samples = [0] * n
-    clock = time.perf_counter_ns
-    add = sync.add  # type: ignore[attr-defined]
-    for i in range(n):
-        t0 = clock()
-        result = add(i, 1)
-        samples[i] = clock() - t0
-        if result != i + 1:
-            raise SystemExit(f"add({i}, 1) returned {result!r}")
-    return samples
-
-
-def percentile(sorted_ns: list[int], q: float) -> float:
-    """The q-th percentile (nearest rank) in microseconds."""
-    rank = max(0, min(len(sorted_ns) - 1, round(q / 100 * len(sorted_ns) + 0.5) - 1))
-    return sorted_ns[rank] / 1000
-
-
 def summary(samples: list[int]) -> dict[str, float]:
     ordered = sorted(samples)
     return {
         "median_us": round(statistics.median(ordered) / 1000, 2),
-        "p99_us": round(percentile(ordered, 99), 2),
+        "p99_us": round(percentile_us(ordered, 99), 2),
         "mean_us": round(statistics.fmean(ordered) / 1000, 2),
         "min_us": round(ordered[0] / 1000, 2),
     }
@@ -125,7 +105,7 @@ def run(iterations: int, rounds: int, warmup: int) -> dict[str, object]:
         sync = connection.synchronous_remote_object_proxy_with_error_handler(lambda error: None, timeout=CALL_TIMEOUT)
 
         time_ping_pong(parent_end, FRAME, warmup)
-        time_nsxpc(sync, warmup)
+        time_adds(sync, warmup)
 
         floor: list[int] = []
         rpc: list[int] = []
@@ -135,9 +115,9 @@ def run(iterations: int, rounds: int, warmup: int) -> dict[str, object]:
             gc.collect()
             if r % 2 == 0:
                 f = time_ping_pong(parent_end, FRAME, batch)
-                x = time_nsxpc(sync, batch)
+                x = time_adds(sync, batch)
             else:
-                x = time_nsxpc(sync, batch)
+                x = time_adds(sync, batch)
                 f = time_ping_pong(parent_end, FRAME, batch)
             floor += f
             rpc += x
