@@ -753,10 +753,11 @@ class SlotType:
     #: The scalar type whose values this slot takes exactly as they are (an ``int``,
     #: ``str``, ``bytes``, ``bool``, ``float`` or ``None`` annotation, its allowlist not
     #: replaced), else None: such values need neither conversion nor a call to ``check``.
+    #: (The message port's slot for what it sends sets ``dict``: see nsxpc._session.)
     plain: type | None
-    #: Whether a value (that passed ``check``) may go, or be delivered, as it is without
-    #: conversion, given the depth limit: a slot's own shortcut beyond ``plain`` (the
-    #: message port's plain dictionaries), else None.
+    #: Whether a value may go, or be delivered, as it is without conversion, given the
+    #: depth limit: a slot's own shortcut beyond ``plain`` (the message port's plain
+    #: dictionaries), else None. True implies the value passes ``check``.
     as_is: Callable[[object, int], bool] | None
     _walk: bool
     _ann_check: Check

@@ -676,6 +676,12 @@ class ConnectionCore:
     ) -> list[Any]:
         if plain is not None and tuple(map(type, raw)) == plain:
             return raw  # scalars of exactly the slots' types: nothing to convert or check
+        if (
+            len(raw) == 1 == len(slots)
+            and (as_is := slots[0].as_is) is not None
+            and as_is(raw[0], self.limits.max_depth)
+        ):
+            return raw  # one value its slot's own shortcut takes (the message port's dicts)
         if len(raw) != len(slots):
             raise DecodingError(f"{selector}: expected {len(slots)} {what}s, got {len(raw)}")
         ctx: DecodeContext | None = None
@@ -689,8 +695,8 @@ class ConnectionCore:
                     out.append(value)
                     continue
                 raise DecodingError(f"{selector} {what} {index}: {slot.explain(value)}")
-            if slot.as_is is not None and slot.as_is(value, self.limits.max_depth) and slot.check(value):
-                out.append(value)
+            if slot.as_is is not None and slot.as_is(value, self.limits.max_depth):
+                out.append(value)  # the slot's own shortcut, its check included
                 continue
             try:
                 if ctx is None:

@@ -54,7 +54,7 @@ from ._coding import (
 )
 from ._connection import Connection
 from ._errors import ConnectionInvalid, DecodingError, EncodingError, ErrorCode, ReplyInvalid, XPCError
-from ._interface import Interface, protocol
+from ._interface import Interface, MethodSpec, protocol
 from ._limits import DEFAULT_LIMITS, Limits
 from ._listener import Listener
 from ._log import log
@@ -207,8 +207,13 @@ def _plain(value: object, depth: int, max_depth: int) -> bool:
 
 def _plain_dict(value: object, max_depth: int) -> bool:
     """The message slot's shortcut: a dict of JSON-like values (``_plain``) goes on the
-    wire as a map as it is, and one received is delivered as msgpack built it."""
-    return type(value) is dict and _plain(value, 0, min(max_depth, _MAX_PLAIN_DEPTH))
+    wire as a map as it is, and one received is delivered as msgpack built it. A flat
+    dict (most messages) is decided here, in C, without a call."""
+    if type(value) is not dict:
+        return False
+    if _STR.issuperset(map(type, value)) and _SCALARS.issuperset(map(type, value.values())):
+        return max_depth > 0
+    return _plain(value, 0, min(max_depth, _MAX_PLAIN_DEPTH))
 
 
 #: How deep a dictionary sent as it is may nest (deeper ones go through the encoder).
@@ -238,7 +243,21 @@ class _MessagePort(Protocol):
     def message_sync(self, message: Any, reply: Callable[[Any], None]) -> None: ...
 
 
+class _CheckedSlot(_MessageSlot):
+    """The slot of a message this side sends once :func:`_prepare` found it plain: the
+    dict goes as it is without another look (``plain``), since the fast path of
+    ``encode_arguments`` takes a value of exactly the ``plain`` type. Only for
+    sending: received messages always meet :class:`_MessageSlot`'s check."""
+
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.plain = dict
+
+
 _MESSAGE_SLOT = _MessageSlot()
+_CHECKED_SLOT = _CheckedSlot()
 
 
 def _port_interface() -> Interface:
@@ -256,6 +275,20 @@ _M_SEND = PORT.method(SEL_SEND)
 _M_REPLY = PORT.method(SEL_REPLY)
 _M_SYNC = PORT.method(SEL_SYNC)
 assert _M_SEND is not None and _M_REPLY is not None and _M_SYNC is not None
+
+
+def _checked(method: MethodSpec, *, answer: bool = False) -> MethodSpec:
+    """``method`` for sending a message (``answer``: a reply) that :func:`_prepare` found
+    plain. Replies to what it sends are still decoded with the message slot."""
+    if answer:
+        return MethodSpec(method.selector, method.params, method.args, method.reply_name, (_CHECKED_SLOT,))
+    return MethodSpec(method.selector, method.params, (_CHECKED_SLOT,), method.reply_name, method.reply)
+
+
+_M_SEND_CHECKED = _checked(_M_SEND)
+_M_REPLY_CHECKED = _checked(_M_REPLY)
+_M_SYNC_CHECKED = _checked(_M_SYNC)
+_ANSWER_CHECKED = {m.selector: _checked(m, answer=True) for m in (_M_REPLY, _M_SYNC)}
 _PLAIN_DICT = compile_slot(dict, "message")
 
 
@@ -278,17 +311,27 @@ def check_message(value: object, what: str = "message") -> object:
     raise TypeError(f"a {what} must be a dict of plain values or an @nsxpc.secure_coding object, not {t.__qualname__}")
 
 
-def _prepare(message: object, what: str = "message") -> object:
-    """What goes on the wire for ``message``: a dict of JSON-like values as it is (the
-    message slot's shortcut takes it; packing finds an integer beyond 64 bits); anything
-    else is checked and left to the connection's encoder.
+def _prepare(message: object, what: str = "message") -> tuple[object, bool]:
+    """What goes on the wire for ``message``, and whether it goes as it is: a dict of
+    JSON-like values does (True: send it with the ``_checked`` methods; packing finds
+    an integer beyond 64 bits); anything else is checked and left to the connection's
+    encoder (False).
 
     Raises:
         TypeError, EncodingError: see :func:`check_message`.
     """
-    if type(message) is dict and _plain(message, 0, _MAX_PLAIN_DEPTH):
-        return message
-    return check_message(message, what)
+    if _plain_dict(message, _MAX_PLAIN_DEPTH):
+        return message, True
+    return check_message(message, what), False
+
+
+def answer(reply: Any, prepared: tuple[object, bool]) -> None:
+    """Call the reply block ``reply`` with a reply :func:`_prepare` made."""
+    wire, as_is = prepared
+    if as_is:
+        # Same selector and wire form; the reply slot takes the checked dict as it is.
+        reply._method = _ANSWER_CHECKED[reply._method.selector]
+    reply(wire)
 
 
 def unpack_payload(value: object, limits: Limits) -> object:
@@ -341,7 +384,10 @@ class _Inbox:
 
     def _deliver(self, message: Any, reply: Any, sync: bool) -> None:
         owner = self.owner
-        if type(message) is bytes and owner is not None:
+        if owner is not None and type(message) is not bytes:
+            owner._on_message(message, reply, sync)  # the common case: a dict, or an object decoded
+            return
+        if owner is not None:
             try:
                 message = unpack_payload(message, self.limits)
             except DecodingError as exc:
@@ -409,13 +455,14 @@ class MessageConnection(Connection):
 
     # Sending: the proxies' own path (_call), with the port's three methods.
 
-    # ``message`` comes from _prepare: a plain dict, or a checked dict or object.
+    # ``prepared`` comes from _prepare: a plain dict (True), or a checked dict or object.
 
-    def send_one_way(self, message: object) -> None:
-        self._call(_ROOT, _M_SEND, [message], None, PLAIN, None, None)  # type: ignore[arg-type]
+    def send_one_way(self, prepared: tuple[object, bool]) -> None:
+        message, as_is = prepared
+        self._call(_ROOT, _M_SEND_CHECKED if as_is else _M_SEND, [message], None, PLAIN, None, None)  # type: ignore[arg-type]
 
     def send_with_reply(
-        self, message: object, reply: Callable[[Any], object], error: Callable[[XPCError], object]
+        self, prepared: tuple[object, bool], reply: Callable[[Any], object], error: Callable[[XPCError], object]
     ) -> None:
         limits = self._limits
 
@@ -427,11 +474,16 @@ class MessageConnection(Connection):
                 return
             reply(payload)
 
-        self._call(_ROOT, _M_REPLY, [message], on_reply, HANDLER, error, None)  # type: ignore[arg-type]
+        message, as_is = prepared
+        method = _M_REPLY_CHECKED if as_is else _M_REPLY
+        self._call(_ROOT, method, [message], on_reply, HANDLER, error, None)  # type: ignore[arg-type]
 
-    def send_sync(self, message: object, timeout: float | None = None) -> Any:
+    def send_sync(self, prepared: tuple[object, bool], timeout: float | None = None) -> Any:
         """Raises: XPCError."""
-        payload = self._call(_ROOT, _M_SYNC, [message], None, SYNC, None, timeout)  # type: ignore[arg-type]
+        message, as_is = prepared
+        payload = self._call(_ROOT, _M_SYNC_CHECKED if as_is else _M_SYNC, [message], None, SYNC, None, timeout)  # type: ignore[arg-type]
+        if type(payload) is not bytes:
+            return payload  # came decoded (see unpack_payload)
         try:
             return unpack_payload(payload, self._limits)
         except DecodingError as exc:
@@ -534,9 +586,9 @@ class XPCReceivedMessage:
             raise RuntimeError("this message expects no reply: it was sent without a reply handler")
         if self._replied:
             raise RuntimeError("this message was already replied to")
-        wire = _prepare(value, "reply")
+        prepared = _prepare(value, "reply")
         self._replied = True
-        self._reply(wire)
+        answer(self._reply, prepared)
 
 
 # --------------------------------------------------------------------------- sessions
@@ -689,7 +741,7 @@ class XPCSession:
                 secure-coding object (nothing is sent).
         """
         self._check_can_send()
-        message = _prepare(message)
+        prepared = _prepare(message)
         conn = self._conn
         if conn.invalid:
             error = XPCRichError.of(conn.final_error())
@@ -699,7 +751,7 @@ class XPCSession:
             conn._post(lambda: reply_handler(error))
             return
         if reply_handler is None:
-            conn.send_one_way(message)
+            conn.send_one_way(prepared)
             return
         limits = conn._limits
 
@@ -709,7 +761,7 @@ class XPCSession:
         def on_error(error: XPCError) -> None:
             reply_handler(XPCRichError.of(error))
 
-        conn.send_with_reply(message, on_reply, on_error)
+        conn.send_with_reply(prepared, on_reply, on_error)
 
     def send_sync(self, message: object, timeout: float | None = None) -> XPCReceivedMessage:
         """Send a message and wait for its reply (``sendSync(_:)``).
@@ -720,13 +772,14 @@ class XPCSession:
                 reply, or ``timeout`` seconds passed.
             TypeError, EncodingError: the message is invalid (nothing is sent).
         """
-        self._check_can_send()
-        message = _prepare(message)
+        if not self._activated:
+            self._check_can_send()  # raises
+        prepared = _prepare(message)
         conn = self._conn
-        if conn.invalid:
+        if conn._life.invalid:
             raise XPCRichError.of(conn.final_error())
         try:
-            payload = conn.send_sync(message, timeout)
+            payload = conn.send_sync(prepared, timeout)
         except EncodingError:
             raise  # local misuse: nothing was sent
         except XPCError as exc:
@@ -751,9 +804,11 @@ class XPCSession:
             return
         result = handler(message)
         if result is not None:
-            if message.expects_reply and not message._replied:
-                message.reply(result)
-            elif not message.expects_reply:
+            if reply is not None and not message._replied:
+                prepared = _prepare(result, "reply")
+                message._replied = True
+                answer(reply, prepared)
+            elif reply is None:
                 log.debug("nsxpc: a message handler returned a value for a message that wants no reply")
 
     def _on_bad_message(self, error: XPCError) -> None:

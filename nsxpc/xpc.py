@@ -30,7 +30,7 @@ from ._errors import ConnectionInvalid, DecodingError, EncodingError, XPCError
 from ._limits import DEFAULT_LIMITS, Limits
 from ._listener import Listener
 from ._log import log
-from ._session import MessageConnection, _prepare
+from ._session import MessageConnection, _prepare, answer
 from ._values import ListenerEndpoint
 
 __all__ = [
@@ -350,7 +350,7 @@ def _run_logged(handler: Callable[[Any], object], event: object) -> None:
 # --------------------------------------------------------------------------- sending
 
 
-def _outgoing(msg: object) -> object:
+def _outgoing(msg: object) -> tuple[object, bool]:
     if not isinstance(msg, dict):
         raise TypeError(f"an XPC message must be a dict, not {type(msg).__name__}")
     return _prepare(dict(msg))
@@ -374,7 +374,7 @@ def connection_send_message(conn: Connection, message: dict[Any, Any]) -> None:
             raise RuntimeError("this reply was already sent")
         payload = _outgoing(message)
         ctx.sent = True
-        ctx.block(payload)
+        answer(ctx.block, payload)
         return
     conn._client().send_one_way(_outgoing(message))
 
