@@ -37,7 +37,7 @@ import types
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Generic
 
-from . import _codec, _messages, _timers, _transactions
+from . import _codec, _messages, _transactions
 from ._errors import (
     ConnectionInterrupted,
     ConnectionInvalid,
@@ -89,6 +89,7 @@ from ._values import ListenerEndpoint
 
 if TYPE_CHECKING:
     from ._listener import Listener
+    from ._timers import Timer
 
 __all__ = ["Connection"]
 
@@ -172,7 +173,7 @@ class _Call(PendingCall):
         self.link: _Link | None = None
         self.done = False
         self.outcome: tuple[list[Any] | None, XPCError | None] | None = None
-        self.timer: _timers.Timer | None = None
+        self.timer: Timer | None = None
         self.timeout: float | None = None  # bounds a wait for a slot (Limits.max_calls_in_flight)
         # A synchronous caller's lock, made only if it must wait for another thread to end
         # the call (most read their own reply): see Connection._wait and _complete.
@@ -1090,7 +1091,9 @@ class Connection(Generic[Remote]):
             return self._wait(call, timeout, deadline, reply is None)
         self._want_input()
         if timeout is not None:
-            call.timer = _timers.schedule(timeout, lambda: self._expire_async(call, timeout))
+            from ._timers import schedule  # loaded on first use: most programs never time out a call
+
+            call.timer = schedule(timeout, lambda: self._expire_async(call, timeout))
         self._send_call(target, method, values, call, ref)
         return None
 

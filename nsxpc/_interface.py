@@ -21,8 +21,6 @@ import typing
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-import attrs
-
 from ._coding import PLAIN_TYPES, SlotType, compile_slot, is_secure_coding
 from ._errors import InterfaceError, XPCError
 
@@ -43,9 +41,11 @@ else:
     Remote2 = TypeVar("Remote2")
 
 
-@attrs.frozen
 class MethodSpec:
-    """One selector's compiled shape.
+    """One selector's compiled shape (treat it as immutable).
+
+    Not an attrs class: attrs compiles methods for each class when the module is
+    imported, and every launched service pays for ``import nsxpc``.
 
     Attributes:
         selector: the method name.
@@ -54,26 +54,69 @@ class MethodSpec:
         reply_name: the reply block parameter's name, or None for a one-way method.
         reply: one compiled slot per reply argument, or None for a one-way method.
         defaults: default values of trailing parameters, by name.
+        wants_reply: True when the method has a reply block (read per message: an
+            attribute, not a property).
+        arg_types, reply_types: the exact types of arguments (and reply arguments)
+            that travel as they are, when every slot has one (``SlotType.plain``);
+            else None. A call whose values have exactly these types skips the
+            per-slot encoding and decoding.
     """
 
-    selector: str
-    params: tuple[str, ...]
-    args: tuple[SlotType, ...]
-    reply_name: str | None
-    reply: tuple[SlotType, ...] | None
-    defaults: dict[str, object] = attrs.field(factory=dict, eq=False)
-    #: True when the method has a reply block (read per message: a field, not a property).
-    wants_reply: bool = attrs.field(init=False, eq=False)
-    #: The exact types of arguments (and reply arguments) that travel as they are, when
-    #: every slot has one (``SlotType.plain``); else None. A call whose values have
-    #: exactly these types skips the per-slot encoding and decoding.
-    arg_types: tuple[type, ...] | None = attrs.field(init=False, eq=False)
-    reply_types: tuple[type, ...] | None = attrs.field(init=False, eq=False)
+    __slots__ = (
+        "arg_types",
+        "args",
+        "defaults",
+        "params",
+        "reply",
+        "reply_name",
+        "reply_types",
+        "selector",
+        "wants_reply",
+    )
 
-    def __attrs_post_init__(self) -> None:
-        object.__setattr__(self, "wants_reply", self.reply is not None)
-        object.__setattr__(self, "arg_types", _plain_types(self.args))
-        object.__setattr__(self, "reply_types", _plain_types(self.reply))
+    def __init__(
+        self,
+        selector: str,
+        params: tuple[str, ...],
+        args: tuple[SlotType, ...],
+        reply_name: str | None,
+        reply: tuple[SlotType, ...] | None,
+        defaults: dict[str, object] | None = None,
+    ) -> None:
+        self.selector = selector
+        self.params = params
+        self.args = args
+        self.reply_name = reply_name
+        self.reply = reply
+        self.defaults: dict[str, object] = {} if defaults is None else defaults
+        self.wants_reply = reply is not None
+        self.arg_types = _plain_types(args)
+        self.reply_types = _plain_types(reply)
+
+    def replace(
+        self, *, args: tuple[SlotType, ...] | None = None, reply: tuple[SlotType, ...] | None = None
+    ) -> MethodSpec:
+        """This method with its argument or reply slots replaced."""
+        return MethodSpec(
+            self.selector,
+            self.params,
+            self.args if args is None else args,
+            self.reply_name,
+            self.reply if reply is None else reply,
+            self.defaults,
+        )
+
+    def _key(self) -> tuple[object, ...]:
+        return (self.selector, self.params, self.args, self.reply_name, self.reply)
+
+    def __eq__(self, other: object) -> bool:
+        return self._key() == other._key() if type(other) is MethodSpec else NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return f"<MethodSpec {self.selector}({', '.join(self.params)}) reply={self.reply_name}>"
 
 
 def _plain_types(slots: tuple[SlotType, ...] | None) -> tuple[type, ...] | None:
@@ -277,10 +320,10 @@ class Interface(Generic[Remote]):
         if of_reply:
             assert spec.reply is not None
             reply = (*spec.reply[:argument_index], slot, *spec.reply[argument_index + 1 :])
-            self._methods[selector] = attrs.evolve(spec, reply=reply)
+            self._methods[selector] = spec.replace(reply=reply)
         else:
             args = (*spec.args[:argument_index], slot, *spec.args[argument_index + 1 :])
-            self._methods[selector] = attrs.evolve(spec, args=args)
+            self._methods[selector] = spec.replace(args=args)
 
     def set_classes(self, classes: Iterable[type], selector: str, argument_index: int, of_reply: bool = False) -> None:
         """Replace the allowlist of one slot (``setClasses:forSelector:argumentIndex:ofReply:``).

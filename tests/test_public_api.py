@@ -138,3 +138,16 @@ def test_importing_nsxpc_loads_no_pickle_and_no_typeguard() -> None:
     code = "import sys, nsxpc; print(sorted(m for m in ('pickle', '_pickle', 'typeguard') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "[]"
+
+
+def test_import_leaves_the_message_apis_for_first_use() -> None:
+    # Every launched service pays for "import nsxpc" (issue 3): the message-level APIs,
+    # nsxpc.main and the timer thread's module load when first used, and then resolve.
+    code = (
+        "import sys, nsxpc\n"
+        "lazy = ['nsxpc.xpc', 'nsxpc._session', 'nsxpc._service', 'nsxpc._timers', 'nsxpc._launcher', 'typeguard']\n"
+        "print(sorted(m for m in lazy if m in sys.modules))\n"
+        "print(nsxpc.XPCSession.__name__, nsxpc.xpc.__name__, nsxpc.main.__name__, 'XPCListener' in dir(nsxpc))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True).stdout
+    assert out.splitlines() == ["[]", "XPCSession nsxpc.xpc main True"]
