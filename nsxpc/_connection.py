@@ -116,6 +116,7 @@ class _Link:
     __slots__ = (
         "buffer",
         "core",
+        "corked",
         "creds",
         "dead",
         "fd",
@@ -140,6 +141,9 @@ class _Link:
         # A client may pipeline calls right after HELLO; a listener's side may send
         # only after its WELCOME (a delegate that calls back while accepting queues).
         self.ready = core.client
+        # A listener's side holds its WELCOME back while it delivers calls pipelined
+        # behind the HELLO, to send it with the first answer (see Connection._on_hello).
+        self.corked: bytes | None = None
         self.watched = False
         self.on_close: Callable[[], object] | None = None
         self.service: Any = None  # the LaunchedService behind a service_name connection
@@ -418,9 +422,9 @@ class Connection(Generic[Remote]):
             core.feed(data, fds)
         else:
             self._handshake_deadline = time.monotonic() + limits.handshake_timeout
-        self._start_queue()
         if data:
-            self._post(self._deliver_buffered)
+            self._post(self._deliver_buffered)  # before the queue thread starts: no wake-up to send
+        self._start_queue()
         return self
 
     # ------------------------------------------------------------------ configuration
@@ -950,6 +954,8 @@ class Connection(Generic[Remote]):
                     frames.append(current.core.release(ident))
             if not frames or current is None:
                 return
+            if current.corked is not None:
+                frames.insert(0, self._take_welcome(current))
             try:
                 send_frame(current.sock, b"".join(frames))
                 return
@@ -1006,9 +1012,29 @@ class Connection(Generic[Remote]):
                 self._refuse(link, exc)
                 return
         with self._send_lock:
-            self._write(link, link.core.welcome())
-            link.ready = True
+            welcome = link.core.welcome()
+            if not (link.core.decoder.buffered and self._life.running and not self._outbox):
+                self._write(link, welcome)
+                link.ready = True
+                self._flush(eager=False)
+                return
+            # Calls pipelined behind the HELLO are here already (the usual first call):
+            # deliver them now, and the WELCOME goes out with the first thing written
+            # (their reply, most often): one write, and one wake-up of the peer, not two.
+            # Until then nothing else is sent (the link is not ready).
+            link.corked = welcome
+        self._deliver(link)
+        with self._send_lock:
+            if link.corked is not None and not link.dead:
+                self._write(link, b"")  # nothing was written: the WELCOME alone
             self._flush(eager=False)
+
+    def _take_welcome(self, link: _Link) -> bytes:
+        """With the send lock held: the WELCOME ``link`` holds back (see _on_hello), to
+        be written before anything else; the link is ready from now on."""
+        welcome, link.corked = link.corked, None
+        link.ready = True
+        return welcome or b""
 
     def _refuse(self, link: _Link, error: XPCError) -> None:
         log.info("nsxpc: refusing %s: %s", self._describe, error.message)
@@ -1031,6 +1057,8 @@ class Connection(Generic[Remote]):
                 return False
             if self._releases:
                 self._send_releases(link)  # proxies dropped before this reply: released first
+            if link.corked is not None:
+                frame = self._take_welcome(link) + frame
             try:
                 send_frame(link.sock, frame, fds)
                 return True
@@ -1219,7 +1247,11 @@ class Connection(Generic[Remote]):
                 self._connect_failed(err)
                 return
         if not link.ready:
-            return
+            if link.corked is None:
+                return
+            self._write(link, b"")  # the WELCOME held back goes first (see _on_hello)
+            if not link.ready:
+                return
         if self._releases:
             self._send_releases(link)
         while self._outbox:

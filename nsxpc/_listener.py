@@ -510,9 +510,12 @@ class Listener:
             self._drop_handshake(pending, oldest, epoll)
         hs = _Handshake(client, creds, time.monotonic() + limits.handshake_timeout)
         pending[hs.fd] = hs
-        epoll.register(hs.fd, select.EPOLLIN | select.EPOLLRDHUP)
-        # A client sends HELLO right after connect(): it is usually here already.
+        # A client sends HELLO right after connect(): it is usually here already, and
+        # then the socket never joins the poll set.
         self._read_handshake(pending, hs, None, epoll)
+        if pending.get(hs.fd) is hs:
+            epoll.register(hs.fd, select.EPOLLIN | select.EPOLLRDHUP)
+            hs.polled = True
 
     def _read_handshake(
         self, pending: dict[int, _Handshake], hs: _Handshake, buffer: memoryview | None, epoll: select.epoll
@@ -549,10 +552,12 @@ class Listener:
     def _hand_over(self, pending: dict[int, _Handshake], hs: _Handshake, epoll: select.epoll) -> None:
         """The first frame is complete: the connection gets its own queue from here."""
         del pending[hs.fd]
-        _unregister(epoll, hs.fd)
+        if hs.polled:
+            _unregister(epoll, hs.fd)
         sock, hs.sock = hs.sock, None
         assert sock is not None
-        sock.setblocking(True)
+        if not sock.getblocking():  # accepted sockets are blocking already: no system call
+            sock.setblocking(True)
         fds, hs.fds = tuple(hs.fds), []
         with self._cond:
             # Under the lock: a connection that ends at once is forgotten after it is added.
@@ -569,7 +574,8 @@ class Listener:
 
     def _drop_handshake(self, pending: dict[int, _Handshake], hs: _Handshake, epoll: select.epoll) -> None:
         pending.pop(hs.fd, None)
-        _unregister(epoll, hs.fd)
+        if hs.polled:
+            _unregister(epoll, hs.fd)
         if hs.sock is not None:
             hs.sock.close()
             hs.sock = None
@@ -610,7 +616,7 @@ class Listener:
 class _Handshake:
     """A connection accepted but not yet handed to a Connection: its first bytes."""
 
-    __slots__ = ("creds", "data", "deadline", "fd", "fds", "sock")
+    __slots__ = ("creds", "data", "deadline", "fd", "fds", "polled", "sock")
 
     def __init__(self, sock: socket.socket, creds: PeerCredentials, deadline: float) -> None:
         self.sock: socket.socket | None = sock
@@ -619,6 +625,7 @@ class _Handshake:
         self.deadline = deadline
         self.data = bytearray()
         self.fds: list[int] = []
+        self.polled = False  # in the listener's poll set (its HELLO did not come at once)
 
 
 def _who(creds: PeerCredentials) -> str:

@@ -12,14 +12,18 @@ from collections.abc import Callable
 import pytest
 
 import nsxpc
+from nsxpc._transport import service_socket_path
 from protocols.kitchen import kitchen_interface
 from tests.integration.conftest import (
     Child,
     Connections,
     LogWatch,
+    RawClient,
     Recorder,
     ServerSide,
+    frame,
     kitchen_client,
+    pack,
     sync_proxy,
     unique_name,
 )
@@ -362,3 +366,33 @@ def test_resume_and_invalidate_racing_on_many_threads_never_break_the_accept_thr
     finally:
         threading.excepthook = previous
     assert errors == []
+
+
+# --------------------------------------------------------------------------- calls pipelined behind the HELLO
+
+HELLO = [0, "nsxpc", 1, "nsxpc", b"", {}]
+
+
+def test_a_call_pipelined_behind_the_hello_is_answered_after_the_welcome(lab_server: Child) -> None:
+    # The usual first call of a client is written right behind its HELLO (docs/PROTOCOL.md
+    # "Pipelining before WELCOME"); the listener sends its WELCOME with that call's reply
+    # (one write: a performance matter, counted in bench/README.md), never after it.
+    raw = RawClient(service_socket_path(lab_server.name))
+    raw.send(frame(pack(HELLO)) + frame(pack([3, 1, 1, "add", [2, 3]])) + frame(pack([3, 2, 1, "nothing", []])))
+    with raw.sock:
+        assert [raw.recv_msg() for _ in range(3)] == [[1, "nsxpc", 1, {}], [4, 1, [5]], [4, 2, []]]
+
+
+def test_what_the_listener_sends_while_answering_a_pipelined_call_follows_the_welcome_in_order(
+    lab_server: Child,
+) -> None:
+    raw = RawClient(service_socket_path(lab_server.name))
+    raw.send(frame(pack(HELLO)) + frame(pack([3, 1, 1, "ping_client", [2]])))
+    with raw.sock:
+        assert raw.recv_msg() == [1, "nsxpc", 1, {}], "the WELCOME comes first"
+        assert raw.recv_msg() == [3, 0, 1, "progress", [0]]
+        assert raw.recv_msg() == [3, 0, 1, "progress", [1]]
+        question = raw.recv_msg()
+        assert question[0] == 3 and question[2:] == [1, "question", ["after 2 steps?"]]
+        raw.send_msg([4, question[1], ["forty-two"]])
+        assert raw.recv_msg() == [4, 1, ["client said forty-two"]], "after the call-backs sent before it"
