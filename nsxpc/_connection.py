@@ -141,8 +141,8 @@ class _Link:
         # A client may pipeline calls right after HELLO; a listener's side may send
         # only after its WELCOME (a delegate that calls back while accepting queues).
         self.ready = core.client
-        # A listener's side holds its WELCOME back while it delivers calls pipelined
-        # behind the HELLO, to send it with the first answer (see Connection._on_hello).
+        # A handshake frame held back to go in the same write as the next message: a
+        # client's HELLO (Connection._connect), a listener side's WELCOME (_on_hello).
         self.corked: bytes | None = None
         self.watched = False
         self.on_close: Callable[[], object] | None = None
@@ -733,7 +733,7 @@ class Connection(Generic[Remote]):
                 return
             self._queue.append(fn)
             fd = self._wake_fd
-        if fd >= 0:
+        if fd >= 0 and _tls.queue is not self:  # the queue's own thread runs it before it polls again
             try:
                 os.eventfd_write(fd, 1)
             except OSError:
@@ -955,7 +955,7 @@ class Connection(Generic[Remote]):
             if not frames or current is None:
                 return
             if current.corked is not None:
-                frames.insert(0, self._take_welcome(current))
+                frames.insert(0, self._take_corked(current))
             try:
                 send_frame(current.sock, b"".join(frames))
                 return
@@ -1029,12 +1029,13 @@ class Connection(Generic[Remote]):
                 self._write(link, b"")  # nothing was written: the WELCOME alone
             self._flush(eager=False)
 
-    def _take_welcome(self, link: _Link) -> bytes:
-        """With the send lock held: the WELCOME ``link`` holds back (see _on_hello), to
-        be written before anything else; the link is ready from now on."""
-        welcome, link.corked = link.corked, None
+    def _take_corked(self, link: _Link) -> bytes:
+        """With the send lock held: the handshake frame ``link`` holds back (a client's
+        HELLO, see _connect; a listener side's WELCOME, see _on_hello), to be written in
+        front of anything else; the link is ready from now on."""
+        frame, link.corked = link.corked, None
         link.ready = True
-        return welcome or b""
+        return frame or b""
 
     def _refuse(self, link: _Link, error: XPCError) -> None:
         log.info("nsxpc: refusing %s: %s", self._describe, error.message)
@@ -1058,7 +1059,7 @@ class Connection(Generic[Remote]):
             if self._releases:
                 self._send_releases(link)  # proxies dropped before this reply: released first
             if link.corked is not None:
-                frame = self._take_welcome(link) + frame
+                frame = self._take_corked(link) + frame
             try:
                 send_frame(link.sock, frame, fds)
                 return True
@@ -1238,6 +1239,7 @@ class Connection(Generic[Remote]):
         if not self._life.running:
             return
         link = self._link
+        fresh = link is None or link.dead
         if link is None or link.dead:
             if not self._outbox and not eager:
                 return
@@ -1254,6 +1256,15 @@ class Connection(Generic[Remote]):
                 return
         if self._releases:
             self._send_releases(link)
+        self._write_outbox(link)
+        if link.corked is not None:
+            self._write(link, b"")  # nothing was queued: the HELLO alone
+        if fresh and self._life.running:
+            self._watch(link, True)  # after the first write: the HELLO and call go out first
+
+    def _write_outbox(self, link: _Link) -> None:
+        """Write the queued messages on ``link``, a HELLO held back in front of the first
+        (see _connect). Called with ``_send_lock`` held."""
         while self._outbox:
             item = self._outbox.popleft()
             if item.barrier is not None:
@@ -1266,6 +1277,8 @@ class Connection(Generic[Remote]):
             frame = link.core.invoke(item.method, item.args, len(item.fds), item.call, item.target)
             if item.call is not None:
                 item.call.link = link
+            if link.corked is not None:
+                frame = self._take_corked(link) + frame
             try:
                 send_frame(link.sock, frame, item.fds)
             except OSError as exc:
@@ -1273,7 +1286,10 @@ class Connection(Generic[Remote]):
                 return
 
     def _connect(self) -> _Link:
-        """Connect to the peer and send HELLO. Called with ``_send_lock`` held.
+        """Connect to the peer; its HELLO is held back to go in the same write as the
+        first message (``_write_outbox``): the listener reads both at once, and can answer
+        with its WELCOME and the reply in one write (see _on_hello). Called with
+        ``_send_lock`` held.
 
         Raises:
             XPCError: nobody listens, or the connection failed.
@@ -1299,25 +1315,22 @@ class Connection(Generic[Remote]):
             if is_no_listener(exc):
                 raise ConnectionInvalid(f"no listener for {self._describe}") from exc
             raise ConnectionInvalid(f"cannot connect to {self._describe}: {exc.strerror}") from exc
-        link = None
         try:
             creds = _service_credentials(sock, service)
             # Before anything is sent: an untrusted peer gets not even our HELLO.
             check_peer(self._requirement, creds, self._describe.capitalize())
-            core = ConnectionCore(client=True, exports=self._exports, limits=self._limits, kind=self._kind)
-            link = _Link(sock, core, creds)
-            self._hook_core(core)
-            send_frame(sock, core.hello(self._token))
         except PeerRequirementFailure:
             sock.close()
             raise
         except OSError as exc:
-            refusal = _refusal_read(link) if link is not None else None
             sock.close()
-            if refusal is not None:
-                # A listener at one of its caps refuses before reading our HELLO.
-                raise ConnectionInvalid(f"{self._describe} refused the connection: {refusal}") from exc
             raise ConnectionInvalid(f"cannot connect to {self._describe}: {exc.strerror}") from exc
+        core = ConnectionCore(client=True, exports=self._exports, limits=self._limits, kind=self._kind)
+        link = _Link(sock, core, creds)
+        self._hook_core(core)
+        # A listener at one of its caps refuses before reading the HELLO: the write then
+        # fails, and the REFUSE it sent is delivered before the link is dropped (_lose_link).
+        link.corked = core.hello(self._token)
         self._creds = creds
         self._link = link
         self._ever_connected = True
@@ -1330,8 +1343,6 @@ class Connection(Generic[Remote]):
             service.add_exit_callback(exited)
             link.on_close = functools.partial(service.remove_exit_callback, exited)
             link.service = service
-        if self._life.running:
-            self._watch(link, True)
         return link
 
     def _connect_failed(self, err: XPCError) -> None:
@@ -1880,25 +1891,6 @@ def _service_credentials(sock: socket.socket, service: Any) -> PeerCredentials:
     if service is None or service.pid is None:
         return peer_credentials(sock)
     return service.credentials()  # type: ignore[no-any-return]
-
-
-def _refusal_read(link: _Link) -> str | None:
-    """After HELLO could not be written: the reason of a REFUSE already received, if any."""
-    try:
-        chunk = recv_chunk(link.sock, link.buffer)
-    except (OSError, XPCError):
-        return None
-    if not chunk:
-        return None
-    data, fds = chunk
-    for fd in fds:
-        os.close(fd)
-    link.core.feed(data)
-    try:
-        event = link.core.next_event()
-    except XPCError:
-        return None
-    return event.error.message if type(event) is Refused else None
 
 
 def _same_secret(a: bytes, b: bytes) -> bool:
