@@ -127,6 +127,7 @@ class _Link:
         "ready",
         "recv_timeout",
         "service",
+        "shared",
         "sock",
         "watched",
     )
@@ -145,6 +146,7 @@ class _Link:
         # client's HELLO (Connection._connect), a listener side's WELCOME (_on_hello).
         self.corked: bytes | None = None
         self.watched = False
+        self.shared = False  # watched by the process's _Watcher, not by a queue of its own
         self.on_close: Callable[[], object] | None = None
         self.service: Any = None  # the LaunchedService behind a service_name connection
         # Calls of the peer handed to our exported objects whose reply is still owed;
@@ -355,7 +357,7 @@ class Connection(Generic[Remote]):
         self._ever_connected = False
         self._outbox: collections.deque[_Outgoing] = collections.deque()
         self._queue: collections.deque[Callable[[], object]] = collections.deque()
-        self._thread = False  # whether the queue thread was started
+        self._thread = False  # whether the queue thread was started (or never will be: see _invalidate)
         self._wake_fd = -1
         self._epoll: select.epoll | None = None
         self._finished = False
@@ -636,12 +638,24 @@ class Connection(Generic[Remote]):
     def _watch(self, link: _Link, on: bool) -> None:
         """Watch ``link``'s socket for input, or stop. A suspended connection takes its
         socket out of the poll set entirely: epoll reports hang-ups even for a socket
-        registered with no events, which would spin on a dead peer."""
-        epoll = self._epoll
-        if epoll is None or link.watched == on:
+        registered with no events, which would spin on a dead peer. A client whose queue
+        has not started (nothing has needed it) is watched by the process's _Watcher,
+        which starts the queue when the socket has something to say."""
+        if link.watched == on and not (link.shared and self._epoll is not None):
             return
         with self._watch_lock:
-            if link.dead or link.watched == on:
+            if link.dead:
+                return
+            epoll = self._epoll
+            if link.shared and (not on or epoll is not None):
+                _watcher.discard(link)  # stopped, or handed to the queue started meanwhile
+                link.shared = link.watched = False
+            if link.watched == on:
+                return
+            if epoll is None:
+                if on and not self._thread:  # (a queue that has ended watches nothing)
+                    _watcher.add(self, link)
+                    link.shared = link.watched = True
                 return
             try:
                 if on:
@@ -665,9 +679,14 @@ class Connection(Generic[Remote]):
                     epoll.modify(link.fd, _EPOLLIN)
                 except OSError:
                     pass
+        if not self._thread and self._life.running:
+            self._start_queue()  # only a queue of its own reads everything
 
     def _on_running(self) -> None:
-        self._start_queue()
+        if self._wants_input or self._listener is not None or self._loop is not None:
+            # Otherwise (a client whose callers read their own replies) the queue starts
+            # when something needs it: a callback to run, or news from the socket.
+            self._start_queue()
         link = self._link
         if link is not None:
             self._watch(link, True)
@@ -690,8 +709,22 @@ class Connection(Generic[Remote]):
                 return
             self._invalid_reason = reason
             link = self._link
+            inline = not (self._thread or self._outbox or self._interruption_handler or self._invalidation_handler)
+            if inline:
+                self._thread = True  # no queue starts from now on
         if link is not None:
+            if inline:
+                self._watch(link, False)  # before the shutdown, which would wake the watcher for nothing
             _shutdown(link.sock)
+        if inline:
+            # Nothing ever needed the queue and nothing is left to run on it (no handler,
+            # nothing queued; calls in flight are synchronous callers, woken wherever
+            # they are ended): end here, without starting a thread to do it. What is
+            # posted from now on runs on the shared late queue, as after a queue's end.
+            with self._queue_lock:
+                self._queue_closed = True
+            self._teardown(error or ConnectionInvalid(reason))
+            return
         self._start_queue()
         self._post(lambda: self._teardown(error or ConnectionInvalid(reason)))
 
@@ -738,6 +771,8 @@ class Connection(Generic[Remote]):
                 os.eventfd_write(fd, 1)
             except OSError:
                 pass
+        elif not self._thread:
+            self._start_queue()  # a client's queue starts when first needed (see _on_running)
 
     def _run(self) -> None:
         _tls.queue = self  # reset at the end: the thread may serve another queue next
@@ -1760,6 +1795,56 @@ class Connection(Generic[Remote]):
         if handler is not None:
             self._run_handler(handler, "invalidation")
 
+
+class _Watcher:
+    """One thread per process that watches the sockets of client connections with no
+    queue thread yet. A client whose callers read their own replies needs no thread of
+    its own until the peer goes away or sends what nobody reads; then the watcher starts
+    the connection's queue, which takes the socket over (Connection._watch). Registering
+    a socket here wakes nobody: a new connection costs one epoll_ctl, not a thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._epoll: select.epoll | None = None
+        self._links: dict[int, tuple[Connection, _Link]] = {}
+
+    def add(self, conn: Connection, link: _Link) -> None:
+        with self._lock:
+            if self._epoll is None:
+                self._epoll = select.epoll()
+                threading.Thread(target=self._run, args=(self._epoll,), name="nsxpc watcher", daemon=True).start()
+            self._links[link.fd] = (conn, link)
+            self._epoll.register(link.fd, _EPOLLHUP_ONLY)
+
+    def discard(self, link: _Link) -> None:
+        with self._lock:
+            entry = self._links.get(link.fd)
+            if entry is not None and entry[1] is link and self._epoll is not None:
+                del self._links[link.fd]
+                try:
+                    self._epoll.unregister(link.fd)
+                except (OSError, ValueError):
+                    pass
+
+    def _run(self, epoll: select.epoll) -> None:
+        while True:
+            for fd, _mask in epoll.poll():
+                with self._lock:
+                    entry = self._links.get(fd)
+                if entry is not None:
+                    conn, link = entry
+                    conn._start_queue()  # its queue takes the socket over, and reads what happened
+                    self.discard(link)  # (in case it had started already: never spin on it here)
+
+    def forget(self) -> None:
+        # In a child made by fork() the thread is not there: start afresh when needed.
+        self._lock = threading.Lock()
+        self._epoll = None
+        self._links = {}
+
+
+_watcher = _Watcher()
+os.register_at_fork(after_in_child=_watcher.forget)
 
 _late_queue: collections.deque[Callable[[], object]] = collections.deque()
 _late_cond = threading.Condition(threading.Lock())
