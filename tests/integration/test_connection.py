@@ -496,3 +496,29 @@ def test_a_burst_of_large_calls_is_answered_completely_and_in_order(lab_server: 
     items = out.wait_len(n, timeout=4 * TIMEOUT)
     assert [i[2][0][0] for i in items] == list(range(n))
     assert all(i[0] == "reply" and i[2][0][1] == payload for i in items)
+
+
+def test_a_client_used_only_synchronously_has_no_thread_until_its_peer_goes_away(
+    lab_server: Child, connections: Connections
+):
+    # A caller that reads its own replies needs no queue thread (README "Threads"): the
+    # process's watcher keeps an eye on the socket, and the queue starts when the peer
+    # goes away, in time to run the interruption handler.
+    conn = connections.lab(lab_server.name)
+    events = Recorder()
+    conn.interruption_handler = events.event("interrupted")
+    assert sync_proxy(conn).add(1, 2) == 3
+    assert not conn._thread, "a queue thread started for a synchronous round trip"
+    lab_server.kill9()
+    assert events.wait_for(lambda items: ("interrupted",) in items) == [("interrupted",)]
+    assert conn._thread
+
+
+def test_invalidating_a_client_that_never_needed_its_queue_ends_it_at_once(lab_server: Child, connections: Connections):
+    conn = connections.lab(lab_server.name)
+    assert sync_proxy(conn).add(1, 2) == 3
+    conn.invalidate()
+    assert conn.state is nsxpc.ConnectionState.INVALID
+    with pytest.raises(nsxpc.ConnectionInvalid):
+        sync_proxy(conn).add(1, 2)
+    assert conn.peer_credentials is not None and conn._link is None, "the socket was closed by invalidate() itself"
