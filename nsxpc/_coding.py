@@ -744,7 +744,18 @@ class SlotType:
     ``explain(value)`` returns why a value fails, or None.
     """
 
-    __slots__ = ("_ann_check", "_walk", "allowed", "annotation", "as_is", "check", "classes", "interface", "plain")
+    __slots__ = (
+        "_ann_check",
+        "_restricted",
+        "_walk",
+        "allowed",
+        "annotation",
+        "as_is",
+        "check",
+        "classes",
+        "interface",
+        "plain",
+    )
     allowed: Allowed
     annotation: object
     check: Check
@@ -780,6 +791,7 @@ class SlotType:
         plain = NoneType if annotation is None else annotation
         self.plain = plain if plain in _PLAIN and not walk and interface is None else None
         self.as_is = None
+        self._restricted: dict[frozenset[type], SlotType] = {}  # with_classes, made once per set
         if walk:
             self.check = lambda v: _walk(v, classes, 0) and ann_check(v)
         else:
@@ -787,10 +799,18 @@ class SlotType:
 
     def with_classes(self, classes: frozenset[type]) -> SlotType:
         """This slot with its allowlist replaced (``set_classes``): every node must be of
-        ``classes``, and the annotation is still checked on top."""
-        return SlotType(self.annotation, classes, self._ann_check, walk=True, interface=self.interface)
+        ``classes``, and the annotation is still checked on top. Made once per set of
+        classes (slots are immutable): an interface made per connection, as Apple's
+        examples do, does not compile its slots again."""
+        slot = self._restricted.get(classes)
+        if slot is None:
+            slot = SlotType(self.annotation, classes, self._ann_check, walk=True, interface=self.interface)
+            self._restricted[classes] = slot
+        return slot
 
     def with_interface(self, interface: Any) -> SlotType:
+        if interface is self.interface:
+            return self
         return SlotType(self.annotation, self.classes, self._ann_check, walk=self._walk, interface=interface)
 
     def explain(self, value: object) -> str | None:

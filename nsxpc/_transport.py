@@ -144,9 +144,9 @@ def peer_credentials(sock: socket.socket) -> PeerCredentials:
 
     pid, uid and gid come from SO_PEERCRED: the kernel's snapshot taken when the
     peer called ``connect()`` (for a client looking at a listener: whoever last
-    called ``listen()``). The executable is ``/proc/<pid>/exe``, read only while
-    the peer's pidfd (SO_PEERPIDFD, Linux 6.5+) shows it alive before and after
-    the read, so a recycled pid cannot lend its executable. Without SO_PEERPIDFD
+    called ``listen()``). The executable is ``/proc/<pid>/exe``, kept only if the
+    peer's pidfd (SO_PEERPIDFD, Linux 6.5+) shows it alive after the read (and so
+    during it), so a recycled pid cannot lend its executable. Without SO_PEERPIDFD
     (older kernels) nothing ties the pid to the peer, so ``executable`` is None
     rather than a guess.
     """
@@ -194,11 +194,9 @@ def spawned_credentials(pid: int, pidfd: int) -> PeerCredentials:
 
 
 def _read_exe(pid: int, pidfd: int) -> str | None:
-    """``/proc/<pid>/exe``, bracketed: the pidfd names the process we mean, and it must
-    be alive before the read (so ``pid`` is still its pid) and after it (so the pid was
-    not recycled while we read)."""
-    if _exited(pidfd):
-        return None
+    """``/proc/<pid>/exe``, checked: the pidfd names the process we mean, and it must be
+    alive after the read. Then it was alive during the read too, and a pid is not given
+    to another process while its process lives (zombie included): the read was of ours."""
     try:
         exe = os.readlink(f"/proc/{pid}/exe")
     except OSError:
