@@ -686,7 +686,14 @@ def launch_exit_cycles(bundles: Bundles, connections: Connections, n: int) -> di
     is reaped, every thread the cycles started ends, and no fd or socket file is
     left. Returns the figures."""
     name = bundles.make()
-    wait_exit(launch_service(name), kill=True)  # the launcher's own threads and fds exist from here on
+    # The launcher's own threads and fds, and the process's connection watcher, exist from here on.
+    svc = launch_service(name)
+    conn, proxy = connect(connections, svc)
+    assert proxy.pid() == svc.pid
+    conn.invalidate()
+    wait_exit(svc, kill=True)
+    connections.close()
+    connections.made.clear()
     join_output_threads(name)
     fds, before = len(os.listdir("/proc/self/fd")), set(threading.enumerate())
     folder = os.environ["NSXPC_RUNTIME_DIR"]  # the runtime_dir fixture (autouse) made it
