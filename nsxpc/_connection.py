@@ -1830,11 +1830,16 @@ class _Watcher:
         while True:
             for fd, _mask in epoll.poll():
                 with self._lock:
-                    entry = self._links.get(fd)
+                    entry = self._links.pop(fd, None)
+                    if entry is not None:
+                        try:
+                            epoll.unregister(fd)  # the queue's own poll set reports it again
+                        except (OSError, ValueError):
+                            pass
                 if entry is not None:
-                    conn, link = entry
-                    conn._start_queue()  # its queue takes the socket over, and reads what happened
-                    self.discard(link)  # (in case it had started already: never spin on it here)
+                    # Its queue takes the socket over and reads what happened. Started from a
+                    # worker: this thread never waits for a connection's lock.
+                    _run_on_worker(entry[0]._start_queue)
 
     def forget(self) -> None:
         # In a child made by fork() the thread is not there: start afresh when needed.
