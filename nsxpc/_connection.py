@@ -709,7 +709,13 @@ class Connection(Generic[Remote]):
                 return
             self._invalid_reason = reason
             link = self._link
-            inline = not (self._thread or self._outbox or self._interruption_handler or self._invalidation_handler)
+            inline = not (
+                self._thread
+                or self._loop is not None
+                or self._outbox
+                or self._interruption_handler
+                or self._invalidation_handler
+            )
             if inline:
                 self._thread = True  # no queue starts from now on
         if link is not None:
