@@ -868,7 +868,8 @@ class Connection(Generic[Remote]):
         if not data:
             for fd in fds:
                 os.close(fd)
-            return functools.partial(self._lose_link, link, "the peer closed the connection")
+            # Everything the peer sent before it closed was read: nothing to drain.
+            return functools.partial(self._lose_link, link, "the peer closed the connection", drained=True)
         link.core.feed(data, fds)
         return True
 
@@ -1709,8 +1710,9 @@ class Connection(Generic[Remote]):
             link.on_close()
         return calls
 
-    def _lose_link(self, link: _Link, reason: str, handed_over: bool = False) -> None:
-        """On the queue: the peer went away (EOF, reset, write failure)."""
+    def _lose_link(self, link: _Link, reason: str, handed_over: bool = False, drained: bool = False) -> None:
+        """On the queue: the peer went away (EOF, reset, write failure). ``drained``: the
+        socket was read to its end already."""
         if link.dead or link is not self._link:
             return
         # What the peer said before it went (a REFUSE racing our write, the last
@@ -1720,9 +1722,9 @@ class Connection(Generic[Remote]):
             if self._queue and not handed_over:
                 # A synchronous caller that read while we waited for the lock may have
                 # handed events over (the REFUSE itself): they run first, then this.
-                self._post(functools.partial(self._lose_link, link, reason, True))
+                self._post(functools.partial(self._lose_link, link, reason, True, drained))
                 return
-            for _ in range(0 if SLOW_CONSUMER in reason else 64):
+            for _ in range(0 if drained or SLOW_CONSUMER in reason else 64):
                 if link.dead or link is not self._link or self._receive(link) is not True:
                     break
                 self._deliver(link)

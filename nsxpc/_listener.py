@@ -559,18 +559,24 @@ class Listener:
         if not sock.getblocking():  # accepted sockets are blocking already: no system call
             sock.setblocking(True)
         fds, hs.fds = tuple(hs.fds), []
-        with self._cond:
-            # Under the lock: a connection that ends at once is forgotten after it is added.
-            try:
-                conn = self._connection_class._accepted(self, sock, self._limits, hs.creds, bytes(hs.data), fds)
-            except OSError as exc:
-                log.warning("nsxpc: dropped a new connection at %s: %s", self._path, exc.strerror)
-                sock.close()
-                for fd in fds:
-                    os.close(fd)
+        try:
+            conn = self._connection_class._accepted(self, sock, self._limits, hs.creds, bytes(hs.data), fds)
+        except OSError as exc:
+            log.warning("nsxpc: dropped a new connection at %s: %s", self._path, exc.strerror)
+            sock.close()
+            for fd in fds:
+                os.close(fd)
+            with self._cond:
                 self._release_uid(hs.creds.uid)
-                return
-            self._connections.add(conn)
+            return
+        with self._cond:
+            # Made outside the lock (the previous connection's teardown need not wait for
+            # it), so its queue may have ended it already: _teardown sets _finished before
+            # it calls _forget, so one that ended is forgotten here, and never twice.
+            if conn._finished:
+                self._release_uid(hs.creds.uid)
+            else:
+                self._connections.add(conn)
 
     def _drop_handshake(self, pending: dict[int, _Handshake], hs: _Handshake, epoll: select.epoll) -> None:
         pending.pop(hs.fd, None)
