@@ -305,6 +305,37 @@ class Connection(Generic[Remote]):
     _kind = "nsxpc"
     _refusal_reason: str | None = None
 
+    # Defaults of the state an instance replaces when it changes (set here once, not per
+    # connection: a listener makes one for every peer). Mutable state is per instance
+    # (_init_common).
+    mach_service_name: str | None = None
+    service_name: str | None = None
+    endpoint: ListenerEndpoint | None = None
+    _interruptible = False
+    _loop: Any = None  # the asyncio loop of a connection made with loop= (nsxpc._aio)
+    _link: _Link | None = None
+    _creds: PeerCredentials | None = None
+    _ever_connected = False
+    _thread = False  # whether the queue thread was started (or never will be: see _invalidate)
+    _wake_fd = -1
+    _epoll: select.epoll | None = None
+    _finished = False
+    _queue_closed = False
+    _wants_input = False
+    _remote_interface: Interface | None = None
+    _exported_interface: Interface | None = None
+    _exported_object: object = None
+    _interruption_handler: Callable[[], object] | None = None
+    _invalidation_handler: Callable[[], object] | None = None
+    _listener: Listener | None = None
+    _handshake_deadline: float | None = None
+    _invalid_reason = ""
+    _requirement: PeerRequirement | None = None
+    # Callers waiting for a call slot (Limits.max_calls_in_flight) wait on the send lock,
+    # with a condition made by the first of them (_take_slot).
+    _slot_cond: threading.Condition | None = None
+    _slot_waiters = 0
+
     def __init__(
         self,
         *,
@@ -349,45 +380,19 @@ class Connection(Generic[Remote]):
 
     def _init_common(self, limits: Limits) -> None:
         self._limits = limits
-        self._loop: Any = None  # the asyncio loop of a connection made with loop= (nsxpc._aio)
         self._life = Lifecycle()
-        self._send_lock = threading.RLock()
-        self._link: _Link | None = None
-        self._creds: PeerCredentials | None = None
-        self._ever_connected = False
+        self._send_lock = _thread.RLock()
         self._outbox: collections.deque[_Outgoing] = collections.deque()
         self._queue: collections.deque[Callable[[], object]] = collections.deque()
-        self._thread = False  # whether the queue thread was started (or never will be: see _invalidate)
-        self._wake_fd = -1
-        self._epoll: select.epoll | None = None
-        self._finished = False
-        self._queue_lock = threading.Lock()
-        self._queue_closed = False
+        self._queue_lock = _thread.allocate_lock()
         # Whoever holds _read_lock reads the socket and decodes frames: the queue thread,
         # or a synchronous caller reading its own reply.
-        self._read_lock = threading.RLock()
-        self._watch_lock = threading.Lock()
-        self._wants_input = False
+        self._read_lock = _thread.RLock()
+        self._watch_lock = _thread.allocate_lock()
         self._exports = ExportTable()
         # (link, id) of proxies the peer passed us that were garbage-collected: RELEASEs
         # to send. Appended by finalizers without a lock (deque.append is atomic).
         self._releases: collections.deque[tuple[Any, int]] = collections.deque()
-        self._remote_interface: Interface | None = None
-        self._exported_interface: Interface | None = None
-        self._exported_object: object = None
-        self._interruption_handler: Callable[[], object] | None = None
-        self._invalidation_handler: Callable[[], object] | None = None
-        self._listener: Listener | None = None
-        self._handshake_deadline: float | None = None
-        self._invalid_reason = ""
-        self._requirement: PeerRequirement | None = None
-        # Callers waiting for a call slot (Limits.max_calls_in_flight) wait on the send lock.
-        self._slot_cond = threading.Condition(self._send_lock)
-        self._slot_waiters = 0
-        self.mach_service_name = None
-        self.service_name = None
-        self.endpoint = None
-        self._interruptible = False
 
     @classmethod
     def _accepted(
@@ -1581,6 +1586,8 @@ class Connection(Generic[Remote]):
         if self._read_lock._is_owned():  # type: ignore[attr-defined]
             return True  # a synchronous caller reading its own replies: one over the cap
         deadline = None if call.timeout is None else time.monotonic() + call.timeout
+        if self._slot_cond is None:
+            self._slot_cond = threading.Condition(self._send_lock)
         self._slot_waiters += 1
         try:
             while self._calls_in_flight() >= cap and not self._life.invalid:
@@ -1598,9 +1605,10 @@ class Connection(Generic[Remote]):
     def _slot_freed(self) -> None:
         # Never wait for the send lock here (a writer may hold it while the peer waits
         # for us to read): a busy lock means the waiter's next poll sees the slot.
-        if self._send_lock.acquire(blocking=False):
+        cond = self._slot_cond
+        if cond is not None and self._send_lock.acquire(blocking=False):
             try:
-                self._slot_cond.notify()
+                cond.notify()
             finally:
                 self._send_lock.release()
 
