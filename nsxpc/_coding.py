@@ -768,7 +768,8 @@ class SlotType:
     plain: type | None
     #: Whether a value may go, or be delivered, as it is without conversion, given the
     #: depth limit: a slot's own shortcut beyond ``plain`` (the message port's plain
-    #: dictionaries), else None. True implies the value passes ``check``.
+    #: dictionaries), else None. True implies the value passes ``check``. On receipt it
+    #: is consulted for a method of one argument (the message port's are all such).
     as_is: Callable[[object, int], bool] | None
     _walk: bool
     _ann_check: Check

@@ -723,19 +723,18 @@ class Connection(Generic[Remote]):
             )
             if inline:
                 self._thread = True  # no queue starts from now on
-        if link is not None:
-            if inline:
-                self._watch(link, False)  # before the shutdown, which would wake the watcher for nothing
-            _shutdown(link.sock)
         if inline:
             # Nothing ever needed the queue and nothing is left to run on it (no handler,
             # nothing queued; calls in flight are synchronous callers, woken wherever
-            # they are ended): end here, without starting a thread to do it. What is
-            # posted from now on runs on the shared late queue, as after a queue's end.
+            # they are ended): end here, without starting a thread to do it (the link is
+            # shut down and closed by _take_link). What is posted from now on runs on the
+            # shared late queue, as after a queue's end.
             with self._queue_lock:
                 self._queue_closed = True
             self._teardown(error or ConnectionInvalid(reason))
             return
+        if link is not None:
+            _shutdown(link.sock)
         self._start_queue()
         self._post(lambda: self._teardown(error or ConnectionInvalid(reason)))
 
@@ -1282,7 +1281,9 @@ class Connection(Generic[Remote]):
         return True
 
     def _flush(self, *, eager: bool) -> None:
-        """Connect if needed and write the outbox. Called with ``_send_lock`` held."""
+        """Connect if needed and write the outbox. Called with ``_send_lock`` held. A
+        handshake frame the link holds back (``_take_corked``) goes in front of the first
+        write (``_write``), or alone when there is nothing to write."""
         if not self._life.running:
             return
         link = self._link
@@ -1295,23 +1296,10 @@ class Connection(Generic[Remote]):
             except XPCError as err:
                 self._connect_failed(err)
                 return
-        if not link.ready:
-            if link.corked is None:
-                return
-            self._write(link, b"")  # the WELCOME held back goes first (see _on_hello)
-            if not link.ready:
-                return
+        if not link.ready and link.corked is None:
+            return  # a listener's side before its WELCOME
         if self._releases:
             self._send_releases(link)
-        self._write_outbox(link)
-        if link.corked is not None:
-            self._write(link, b"")  # nothing was queued: the HELLO alone
-        if fresh and self._life.running:
-            self._watch(link, True)  # after the first write: the HELLO and call go out first
-
-    def _write_outbox(self, link: _Link) -> None:
-        """Write the queued messages on ``link``, a HELLO held back in front of the first
-        (see _connect). Called with ``_send_lock`` held."""
         while self._outbox:
             item = self._outbox.popleft()
             if item.barrier is not None:
@@ -1324,17 +1312,16 @@ class Connection(Generic[Remote]):
             frame = link.core.invoke(item.method, item.args, len(item.fds), item.call, item.target)
             if item.call is not None:
                 item.call.link = link
-            if link.corked is not None:
-                frame = self._take_corked(link) + frame
-            try:
-                send_frame(link.sock, frame, item.fds)
-            except OSError as exc:
-                self._post(functools.partial(self._lose_link, link, f"writing failed: {exc.strerror}"))
+            if not self._write(link, frame, item.fds):
                 return
+        if link.corked is not None:
+            self._write(link, b"")  # nothing was queued: the handshake frame alone
+        if fresh and self._life.running:
+            self._watch(link, True)  # after the first write: the HELLO and call go out first
 
     def _connect(self) -> _Link:
         """Connect to the peer; its HELLO is held back to go in the same write as the
-        first message (``_write_outbox``): the listener reads both at once, and can answer
+        first message (``_flush``): the listener reads both at once, and can answer
         with its WELCOME and the reply in one write (see _on_hello). Called with
         ``_send_lock`` held.
 
@@ -1695,8 +1682,8 @@ class Connection(Generic[Remote]):
 
     def _take_link(self, link: _Link) -> list[PendingCall]:
         """Mark ``link`` dead and take its pending calls (under the send lock)."""
+        self._watch(link, False)  # first: the shutdown would wake whoever watches it, for nothing
         _shutdown(link.sock)
-        self._watch(link, False)
         with self._send_lock:
             if link.dead:
                 return []

@@ -695,9 +695,6 @@ class ConnectionCore:
                     out.append(value)
                     continue
                 raise DecodingError(f"{selector} {what} {index}: {slot.explain(value)}")
-            if slot.as_is is not None and slot.as_is(value, self.limits.max_depth):
-                out.append(value)  # the slot's own shortcut, its check included
-                continue
             try:
                 if ctx is None:
                     limits = self.limits

@@ -482,8 +482,6 @@ class MessageConnection(Connection):
         """Raises: XPCError."""
         message, as_is = prepared
         payload = self._call(_ROOT, _M_SYNC_CHECKED if as_is else _M_SYNC, [message], None, SYNC, None, timeout)  # type: ignore[arg-type]
-        if type(payload) is not bytes:
-            return payload  # came decoded (see unpack_payload)
         try:
             return unpack_payload(payload, self._limits)
         except DecodingError as exc:
@@ -772,11 +770,10 @@ class XPCSession:
                 reply, or ``timeout`` seconds passed.
             TypeError, EncodingError: the message is invalid (nothing is sent).
         """
-        if not self._activated:
-            self._check_can_send()  # raises
+        self._check_can_send()
         prepared = _prepare(message)
         conn = self._conn
-        if conn._life.invalid:
+        if conn.invalid:
             raise XPCRichError.of(conn.final_error())
         try:
             payload = conn.send_sync(prepared, timeout)
@@ -805,9 +802,7 @@ class XPCSession:
         result = handler(message)
         if result is not None:
             if reply is not None and not message._replied:
-                prepared = _prepare(result, "reply")
-                message._replied = True
-                answer(reply, prepared)
+                message.reply(result)
             elif reply is None:
                 log.debug("nsxpc: a message handler returned a value for a message that wants no reply")
 
