@@ -224,7 +224,7 @@ class _ReplyBlock:
         self._method = method
         self._used = False
         # A reply still owed keeps a launched service from exiting when idle (NSXPC M4).
-        self._transaction = _transactions.begin_implicit()
+        self._transaction = _transactions.implicit and _transactions.begin_implicit()
         # Counted among the replies owed to the peer (Limits.max_calls_in_flight); keyed
         # by a number of our own, never by the peer's sequence number.
         self._key = key = next(_reply_keys)
@@ -241,7 +241,9 @@ class _ReplyBlock:
         if self._transaction:
             _transactions.end_transaction()
         link = self._link
-        self._conn._answered(link, self._key)
+        link.owed.discard(self._key)
+        if link.paused:
+            self._conn._answered(link, self._key)
         try:
             frame, fds = link.core.reply(self._seq, self._method, values)
         except EncodingError as exc:
@@ -834,7 +836,7 @@ class Connection(Generic[Remote]):
     def _on_readable(self) -> None:
         """The socket is readable: read what is there and deliver it, unless a
         synchronous caller is reading (it hands over what is not its own)."""
-        if not self._read_lock.acquire(blocking=False):
+        if not self._read_lock.acquire(False):
             return
         try:
             link = self._link
@@ -879,7 +881,7 @@ class Connection(Generic[Remote]):
 
     def _deliver_buffered(self) -> None:
         link = self._link
-        if link is None or link.dead or not self._read_lock.acquire(blocking=False):
+        if link is None or link.dead or not self._read_lock.acquire(False):
             return
         try:
             self._deliver(link)
@@ -979,7 +981,7 @@ class Connection(Generic[Remote]):
             return
         self._releases.append((link, ident))
         lock = self._queue_lock
-        if lock.acquire(blocking=False):
+        if lock.acquire(False):
             try:
                 fd = self._wake_fd
                 if fd >= 0 and not self._queue_closed:
@@ -1099,7 +1101,9 @@ class Connection(Generic[Remote]):
     # ------------------------------------------------------------------ sending
 
     def _write(self, link: _Link, frame: bytes, fds: list[int] | tuple[int, ...] = ()) -> bool:
-        with self._send_lock:
+        lock = self._send_lock
+        lock.acquire()  # not `with`: on the hot path, its two method calls cost as much again
+        try:
             if link.dead:
                 return False
             if self._releases:
@@ -1113,6 +1117,8 @@ class Connection(Generic[Remote]):
                 reason = f"writing failed: {exc.strerror}"
                 if reason.endswith(SLOW_CONSUMER):
                     _shutdown(link.sock)  # a slow consumer: no more writes that wait send_timeout
+        finally:
+            lock.release()
         self._post(lambda: self._lose_link(link, reason))
         return False
 
@@ -1154,9 +1160,9 @@ class Connection(Generic[Remote]):
                 direct = (
                     link.ready
                     and (ref is None or ref.link is link)
-                    and link.core.pending_count < self._limits.max_calls_in_flight  # _calls_in_flight(): no outbox
+                    and len(link.core.pending) < self._limits.max_calls_in_flight  # _calls_in_flight(): no outbox
                 )
-            if direct and self._life.running and not self._outbox and self._read_lock.acquire(blocking=False):
+            if direct and self._life.running and not self._outbox and self._read_lock.acquire(False):
                 # The caller reads its own reply: no hand-over from the queue thread. The read
                 # lock is taken before the call is sent, so no other reader can take the reply.
                 self._send_and_read(None if fresh else link, call, deadline, (target, method, values, ref))
@@ -1217,7 +1223,9 @@ class Connection(Generic[Remote]):
             method.args, values, method.selector, "argument", self._limits.max_depth, self._export_any, self._limits,
             method.arg_types,
         )  # fmt: skip
-        with self._send_lock:
+        lock = self._send_lock
+        lock.acquire()  # not `with`: see _write
+        try:
             link = self._link
             if (  # the common case, in one test: a live link to write to, nothing in the way
                 link is not None
@@ -1228,7 +1236,7 @@ class Connection(Generic[Remote]):
                 and not self._releases
                 and ref is None
                 and exports.generation == generation
-                and (call is None or link.core.pending_count < self._limits.max_calls_in_flight)
+                and (call is None or len(link.core.pending) < self._limits.max_calls_in_flight)
             ):
                 pass
             elif not self._admit_call(method, args, call, ref, generation):
@@ -1250,6 +1258,8 @@ class Connection(Generic[Remote]):
                 return
             except OSError as exc:
                 reason = f"writing failed: {exc.strerror}"
+        finally:
+            lock.release()
         self._post(lambda: self._lose_link(link, reason))
 
     def _admit_call(
@@ -1492,11 +1502,12 @@ class Connection(Generic[Remote]):
                     self._post(received)  # the queue thread ends the link, and with it this call
                     return
                 continue
-            if type(event) is Resolved and event.call is call:
+            if type(event) is Resolved and event[0] is call:
+                _, values, error = event
                 if handed:
-                    self._post(functools.partial(self._complete, call, event.values, event.error))
+                    self._post(functools.partial(self._complete, call, values, error))
                 else:
-                    self._complete(call, event.values, event.error)
+                    self._complete(call, values, error)
                 return
             if type(event) is Welcomed:
                 continue  # nothing to do (see _handle): the first call's reply is read here too
@@ -1545,7 +1556,7 @@ class Connection(Generic[Remote]):
     def _calls_in_flight(self) -> int:
         """Calls awaiting a reply: registered on the link, or queued to be sent."""
         link = self._link
-        count = link.core.pending_count if link is not None and not link.dead else 0
+        count = len(link.core.pending) if link is not None and not link.dead else 0
         if self._outbox:
             count += sum(1 for item in self._outbox if item.call is not None)
         return count
@@ -1593,7 +1604,7 @@ class Connection(Generic[Remote]):
         # Never wait for the send lock here (a writer may hold it while the peer waits
         # for us to read): a busy lock means the waiter's next poll sees the slot.
         cond = self._slot_cond
-        if cond is not None and self._send_lock.acquire(blocking=False):
+        if cond is not None and self._send_lock.acquire(False):
             try:
                 cond.notify()
             finally:
@@ -1639,9 +1650,9 @@ class Connection(Generic[Remote]):
     # ------------------------------------------------------------------ incoming calls
 
     def _invoke_exported(self, link: _Link, event: CallReceived) -> None:
-        method = event.method
-        fn = getattr(event.obj, method.selector, None)
-        reply = _ReplyBlock(self, link, event.seq, method) if event.seq else None
+        seq, _, obj, method, args = event
+        fn = getattr(obj, method.selector, None)
+        reply = _ReplyBlock(self, link, seq, method) if seq else None
         if not callable(fn):
             error = RemoteError(f"AttributeError: the exported object has no method {method.selector!r}")
             log.warning("nsxpc: %s", error.message)
@@ -1654,7 +1665,7 @@ class Connection(Generic[Remote]):
         # is covered by the reply's own transaction until it is answered.
         transaction = reply is None and _transactions.begin_implicit()
         try:
-            result = fn(*event.args) if reply is None else fn(*event.args, reply)
+            result = fn(*args) if reply is None else fn(*args, reply)
             if result is not None and type(result) is types.CoroutineType:
                 self._start_coroutine(result, reply, method)
         except Exception as exc:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import struct
 from collections import deque
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from ._errors import ProtocolError
 
@@ -37,17 +38,19 @@ DEFAULT_MAX_FRAME_SIZE = 4 * 1024 * 1024
 DEFAULT_MAX_FDS = 16
 
 
-class Frame:
+class Frame(NamedTuple):
     """One complete frame: its msgpack body and the fds that came with it."""
 
-    __slots__ = ("body", "fds")
-
-    def __init__(self, body: bytes, fds: tuple[int, ...] = ()) -> None:
-        self.body = body
-        self.fds = fds
+    body: bytes
+    fds: tuple[int, ...] = ()
 
     def __repr__(self) -> str:
         return f"Frame({len(self.body)} bytes, fds={self.fds})"
+
+
+# A frame is made per message on both sides: built as the tuple it is, without the
+# generated __new__ (a Python call, the dearest part of making one).
+_new_frame = tuple.__new__
 
 
 def encode_frame(body: bytes, nfds: int = 0) -> bytes:
@@ -122,8 +125,8 @@ class FrameDecoder:
         if nfds:
             if len(self._fds) < nfds:
                 self._fail(f"frame announces {nfds} file descriptors but {len(self._fds)} arrived")
-            return Frame(body, tuple(self._fds.popleft() for _ in range(nfds)))
-        return Frame(body)
+            return _new_frame(Frame, (body, tuple(self._fds.popleft() for _ in range(nfds))))
+        return _new_frame(Frame, (body, ()))
 
     def _compact(self) -> None:
         # Drop consumed bytes only when waiting for more: one memmove per read, not per frame.

@@ -6,7 +6,7 @@ core owns everything that decides *meaning*: the handshake, the pending-reply
 table, and the decoding of arguments against the exported interface.
 
 Invariants (the exactly-once contract, NSXPC H9):
-- Every call that expects a reply is registered in ``_pending`` under a fresh
+- Every call that expects a reply is registered in ``pending`` under a fresh
   sequence number, and leaves it exactly once, through :meth:`resolve` or
   :meth:`resolve_all`. Every path that ends a call (reply, failure, reply
   that fails to decode, timeout, interruption, invalidation) goes through
@@ -31,13 +31,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import _codec, _messages
 from ._coding import DecodeContext, EncodeContext, SlotType, decode_value, encode_value
 from ._errors import DecodingError, EncodingError, ProtocolError, ReplyInvalid, XPCError, error_for_code
 from ._fdvalues import NEVER, SCM_MAX_FD, MessageFds, close_fds, forget
-from ._framing import FrameDecoder, encode_frame
+from ._framing import HEADER, FrameDecoder, encode_frame
 from ._interface import Interface, MethodSpec
 from ._limits import DEFAULT_LIMITS, Limits
 
@@ -224,17 +224,18 @@ class Refused(_Event):
         self.error = error
 
 
-class CallReceived(_Event):
-    """A well-formed call whose arguments passed their slots. ``seq`` 0 means one-way."""
+class CallReceived(NamedTuple):
+    """A well-formed call whose arguments passed their slots. ``seq`` 0 means one-way.
 
-    __slots__ = ("args", "method", "obj", "seq", "target")
+    This and :class:`Resolved`, the two events of every call, are named tuples that
+    the core builds with ``tuple.__new__`` (see :data:`_new_event`): a slotted
+    record's ``__init__`` costs a Python call per message on each side."""
 
-    def __init__(self, seq: int, target: int, obj: object, method: MethodSpec, args: list[Any]) -> None:
-        self.seq = seq
-        self.target = target
-        self.obj = obj
-        self.method = method
-        self.args = args
+    seq: int
+    target: int
+    obj: object
+    method: MethodSpec
+    args: list[Any]
 
 
 class CallRejected(_Event):
@@ -248,15 +249,16 @@ class CallRejected(_Event):
         self.error = error
 
 
-class Resolved(_Event):
-    """A pending call ended: with ``values`` (the reply's arguments) or with ``error``."""
+class Resolved(NamedTuple):
+    """A pending call ended: with ``values`` (the reply's arguments) or with ``error``
+    (a named tuple: see :class:`CallReceived`)."""
 
-    __slots__ = ("call", "error", "values")
+    call: PendingCall
+    values: list[Any] | None = None
+    error: XPCError | None = None
 
-    def __init__(self, call: PendingCall, values: list[Any] | None = None, error: XPCError | None = None) -> None:
-        self.call = call
-        self.values = values
-        self.error = error
+
+_new_event = tuple.__new__
 
 
 class Released(_Event):
@@ -394,7 +396,9 @@ class ConnectionCore:
         self._max_nodes = limits.max_nodes
         #: "hello" (server waits for HELLO), "welcome" (client waits), "open", or "closed".
         self.phase = "welcome" if client else "hello"
-        self._pending: dict[int, PendingCall] = {}
+        #: Calls awaiting their answer, by sequence number (read-only outside this class:
+        #: the hot path counts them with len() instead of through a property).
+        self.pending: dict[int, PendingCall] = {}
         self._last_seq = 0
         #: fds of the current frame that a decoded value took ownership of.
         self.claimed_fds: set[int] = set()
@@ -436,7 +440,7 @@ class ConnectionCore:
         frame = self._frame(body, nfds, method)
         if call is not None:
             self._last_seq = call.seq = seq
-            self._pending[seq] = call
+            self.pending[seq] = call
         return frame
 
     def reply(self, seq: int, method: MethodSpec, values: Sequence[object]) -> tuple[bytes, list[int]]:
@@ -460,7 +464,7 @@ class ConnectionCore:
                 f"{method.selector}: the message is {len(body)} bytes, over the "
                 f"{self.limits.max_frame_size}-byte frame cap (nsxpc.Limits.max_frame_size)"
             )
-        return encode_frame(body, nfds)
+        return HEADER.pack(len(body), nfds, 0) + body  # encode_frame's work, one call less per message
 
     def failure(self, seq: int, error: XPCError) -> bytes:
         """Encode the error answer to call ``seq``."""
@@ -473,17 +477,13 @@ class ConnectionCore:
 
     def resolve(self, seq: int) -> PendingCall | None:
         """Take call ``seq`` out of the pending table: the one place a call ends."""
-        return self._pending.pop(seq, None)
+        return self.pending.pop(seq, None)
 
     def resolve_all(self) -> list[PendingCall]:
         """Take every pending call out, in the order they were made."""
-        calls = [self._pending[s] for s in sorted(self._pending)]
-        self._pending.clear()
+        calls = [self.pending[s] for s in sorted(self.pending)]
+        self.pending.clear()
         return calls
-
-    @property
-    def pending_count(self) -> int:
-        return len(self._pending)
 
     # ------------------------------------------------------------------ incoming
 
@@ -508,19 +508,17 @@ class ConnectionCore:
                 frame = decoder.next_frame()
                 if frame is None:
                     return None
+                body, fds = frame
                 if decoder._fds and not decoder.buf:
                     # fds come with their frame's first byte: with every byte received
                     # consumed, these belong to no frame. Held, they would pile up.
-                    close_fds(frame.fds)
+                    close_fds(fds)
                     stray = decoder.take_fds()
                     close_fds(stray)
                     raise ProtocolError(
                         f"corrupt framing: {len(stray)} file descriptors arrived that no frame announced"
                     )
-                if frame.fds:
-                    event = self._on_frame_with_fds(frame.body, frame.fds)
-                else:
-                    event = self._on_frame(frame.body, frame.fds)
+                event = self._on_frame_with_fds(body, fds) if fds else self._on_frame(body, fds)
             except ProtocolError as exc:
                 self.phase = "closed"
                 return Violation(exc)
@@ -644,7 +642,7 @@ class ConnectionCore:
             args = self._decode(method.args, raw_args, fds, selector, "argument", method.arg_types)
         except DecodingError as exc:
             return CallRejected(seq, selector, exc)
-        return CallReceived(seq, target, obj, method, args)
+        return _new_event(CallReceived, (seq, target, obj, method, args))
 
     def _on_answer(self, msg: list[Any], fds: tuple[int, ...]) -> Event | None:
         seq = msg[1]
@@ -663,7 +661,7 @@ class ConnectionCore:
             return Resolved(
                 call, error=ReplyInvalid(f"reply to {call.method.selector!r} could not be decoded: {exc.message}")
             )
-        return Resolved(call, values=values)
+        return _new_event(Resolved, (call, values, None))
 
     def _decode(
         self,

@@ -39,19 +39,21 @@ class ConnectionState(enum.Enum):
 class Lifecycle:
     """The suspend count and state of one connection or listener."""
 
-    __slots__ = ("_activated", "_invalid", "_suspends", "running")
+    __slots__ = ("_activated", "_suspends", "invalid", "running")
 
     def __init__(self) -> None:
         self._suspends = 1
         self._activated = False
-        self._invalid = False
-        #: Activated, not suspended, not invalid: messages may flow. A plain attribute,
-        #: recomputed on every transition, because the hot path reads it per message.
+        #: Invalidated (terminal). Read-only outside this class.
+        self.invalid = False
+        #: Activated, not suspended, not invalid: messages may flow. Like ``invalid``, a
+        #: plain attribute, recomputed on every transition, because the hot path reads it
+        #: per message.
         self.running = False
 
     @property
     def state(self) -> ConnectionState:
-        if self._invalid:
+        if self.invalid:
             return ConnectionState.INVALID
         if not self._activated:
             return ConnectionState.INACTIVE
@@ -61,17 +63,13 @@ class Lifecycle:
     def activated(self) -> bool:
         return self._activated
 
-    @property
-    def invalid(self) -> bool:
-        return self._invalid
-
     def resume(self) -> bool:
         """Balance one suspension. Returns True when messages may now flow.
 
         Raises:
             RuntimeError: nothing to balance.
         """
-        if self._invalid:
+        if self.invalid:
             return False
         if self._suspends == 0:
             raise RuntimeError("resume() without a matching suspend(): the connection is already running")
@@ -83,19 +81,19 @@ class Lifecycle:
     def activate(self) -> bool:
         """Lift the initial suspension once; later calls do nothing. Returns True when
         messages may now flow."""
-        if self._invalid or self._activated:
+        if self.invalid or self._activated:
             return False
         return self.resume()
 
     def suspend(self) -> None:
-        if not self._invalid:
+        if not self.invalid:
             self._suspends += 1
             self.running = False
 
     def invalidate(self) -> bool:
         """Enter INVALID. Returns True only for the call that did it."""
-        if self._invalid:
+        if self.invalid:
             return False
-        self._invalid = True
+        self.invalid = True
         self.running = False
         return True

@@ -18,6 +18,7 @@ import os
 import socket
 import stat
 import struct
+from collections.abc import Sequence
 
 import attrs
 
@@ -261,7 +262,7 @@ _BLOCKING_RECV_FLAGS = int(getattr(socket, "MSG_CMSG_CLOEXEC", 0))
 _RECV_FLAGS = int(socket.MSG_DONTWAIT) | _BLOCKING_RECV_FLAGS
 
 
-def recv_chunk(sock: socket.socket, buffer: memoryview, block: bool = False) -> tuple[memoryview, list[int]] | None:
+def recv_chunk(sock: socket.socket, buffer: memoryview, block: bool = False) -> tuple[memoryview, Sequence[int]] | None:
     """Read what is available into ``buffer`` without blocking.
 
     Reading into a buffer the connection keeps avoids allocating (and for large
@@ -280,6 +281,8 @@ def recv_chunk(sock: socket.socket, buffer: memoryview, block: bool = False) -> 
         n, ancdata, flags, _ = sock.recvmsg_into([buffer], _ANC_SPACE, _BLOCKING_RECV_FLAGS if block else _RECV_FLAGS)
     except (BlockingIOError, InterruptedError):
         return None
+    if not ancdata and not flags & _CTRUNC:
+        return buffer[:n], ()  # the common case: bytes alone
     fds: list[int] = []
     for level, kind, payload in ancdata:
         if level == _SOL_SOCKET and kind == _SCM:

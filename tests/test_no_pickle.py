@@ -51,7 +51,7 @@ BANNED_CALLS = {"eval", "exec", "compile", "__import__", "import_module", "find_
 IMPORTLIB_ALLOWED = {"importlib.metadata"}
 #: Reviewed ``getattr(obj, <computed name>)`` sites: (module, source of the call) -> why it is safe.
 GETATTR_SITES = {
-    ("_connection", "getattr(event.obj, method.selector, None)"): "dispatch: method came from Interface.method(), "
+    ("_connection", "getattr(obj, method.selector, None)"): "dispatch: method came from Interface.method(), "
     "so the selector is one the protocol declares; unknown selectors were rejected by the core",
     ("_connection", "getattr(obj, s, None)"): "selectors of the exported interface, not of the wire",
     ("_coding", "getattr(self, name)"): "encoding: attrs field names of the sender's own class",

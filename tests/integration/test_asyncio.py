@@ -116,7 +116,7 @@ def lab_client(name: str, loop: asyncio.AbstractEventLoop | None) -> nsxpc.Conne
 
 def pending(conn: nsxpc.Connection) -> int:
     link = conn._link
-    return 0 if link is None else link.core.pending_count
+    return 0 if link is None else len(link.core.pending)
 
 
 # --------------------------------------------------------------------------- async proxies

@@ -71,7 +71,7 @@ def test_call_and_reply_round_trip() -> None:
     assert isinstance(resolved, Resolved)
     assert resolved.call is call
     assert resolved.values == [5]
-    assert client.pending_count == 0
+    assert len(client.pending) == 0
 
 
 def test_one_way_call_has_sequence_zero_and_registers_nothing() -> None:
@@ -82,7 +82,7 @@ def test_one_way_call_has_sequence_zero_and_registers_nothing() -> None:
     (received,) = server.receive(frame)
     assert isinstance(received, CallReceived)
     assert received.seq == 0
-    assert client.pending_count == 0
+    assert len(client.pending) == 0
 
 
 def test_failure_answer_resolves_with_the_error() -> None:
@@ -284,7 +284,7 @@ class ExactlyOnce(RuleBasedStateMachine):
 
     @invariant()
     def pending_and_ended_partition_the_calls(self) -> None:
-        assert self.client.pending_count + len(self.ended) == len(self.calls)
+        assert len(self.client.pending) + len(self.ended) == len(self.calls)
 
     def teardown(self) -> None:
         for call in self.client.resolve_all():
@@ -311,7 +311,7 @@ def test_integers_beyond_64_bits_are_refused_when_encoding() -> None:
     client, _, iface = make_pair()
     with pytest.raises(nsxpc.EncodingError, match="64 bits"):
         call_frame(client, iface, 2**64, 1, None)
-    assert client.pending_count == 0
+    assert len(client.pending) == 0
 
 
 def test_plain_arguments_skip_slot_encoding_and_an_integer_beyond_64_bits_is_still_named() -> None:
@@ -328,7 +328,7 @@ def test_plain_arguments_skip_slot_encoding_and_an_integer_beyond_64_bits_is_sti
     args, _ = encode_arguments(method.args, big, "add", "argument", 32, None, None, method.arg_types)
     with pytest.raises(nsxpc.EncodingError, match=r"add argument 0: integer .* does not fit in 64 bits"):
         client.invoke(method, args, 0, PendingCall(method), _messages.ROOT_OBJECT)
-    assert client.pending_count == 1  # the first call only: nothing registered for the one not sent
+    assert len(client.pending) == 1  # the first call only: nothing registered for the one not sent
 
 
 def test_a_bool_where_an_int_is_annotated_takes_the_checked_path_and_is_refused() -> None:
@@ -346,7 +346,7 @@ def test_a_message_over_the_frame_cap_is_refused_before_sending() -> None:
     assert method is not None
     with pytest.raises(nsxpc.EncodingError, match="frame cap"):
         client.invoke(method, ["x" * 100], 0, PendingCall(method), _messages.ROOT_OBJECT)
-    assert client.pending_count == 0
+    assert len(client.pending) == 0
 
 
 def test_fds_that_no_value_takes_are_closed() -> None:
