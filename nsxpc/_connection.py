@@ -912,7 +912,7 @@ class Connection(Generic[Remote]):
         t = type(event)
         if t is Resolved:
             ev_r: Resolved = event  # type: ignore[assignment]
-            self._complete(ev_r.call, ev_r.values, ev_r.error)  # type: ignore[arg-type]
+            self._complete(ev_r.call, ev_r.values, ev_r.error)
         elif t is CallReceived:
             self._invoke_exported(link, event)  # type: ignore[arg-type]
         elif t is CallRejected:

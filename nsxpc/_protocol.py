@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from operator import itemgetter
+from typing import Any
 
 from . import _codec, _messages
 from ._coding import DecodeContext, EncodeContext, SlotType, decode_value, encode_value
@@ -224,18 +225,24 @@ class Refused(_Event):
         self.error = error
 
 
-class CallReceived(NamedTuple):
+class CallReceived(tuple[int, int, object, MethodSpec, list[Any]]):
     """A well-formed call whose arguments passed their slots. ``seq`` 0 means one-way.
 
-    This and :class:`Resolved`, the two events of every call, are named tuples that
-    the core builds with ``tuple.__new__`` (see :data:`_new_event`): a slotted
-    record's ``__init__`` costs a Python call per message on each side."""
+    This and :class:`Resolved`, the two events of every call, are tuples (see
+    :class:`~nsxpc._framing.Frame`) that the core builds with ``tuple.__new__``
+    (:data:`_new_event`): a slotted record's ``__init__`` costs a Python call per
+    message on each side. The runtime unpacks them."""
 
-    seq: int
-    target: int
-    obj: object
-    method: MethodSpec
-    args: list[Any]
+    __slots__ = ()
+
+    def __new__(cls, seq: int, target: int, obj: object, method: MethodSpec, args: list[Any]) -> CallReceived:
+        return tuple.__new__(cls, (seq, target, obj, method, args))
+
+    seq = property(itemgetter(0))
+    target = property(itemgetter(1))
+    obj = property(itemgetter(2))
+    method = property(itemgetter(3))
+    args = property(itemgetter(4))
 
 
 class CallRejected(_Event):
@@ -249,13 +256,18 @@ class CallRejected(_Event):
         self.error = error
 
 
-class Resolved(NamedTuple):
-    """A pending call ended: with ``values`` (the reply's arguments) or with ``error``
-    (a named tuple: see :class:`CallReceived`)."""
+class Resolved(tuple[PendingCall, "list[Any] | None", "XPCError | None"]):
+    """A pending call ended: with ``values`` (the reply's arguments) or with ``error``;
+    the tuple ``(call, values, error)`` (see :class:`CallReceived`)."""
 
-    call: PendingCall
-    values: list[Any] | None = None
-    error: XPCError | None = None
+    __slots__ = ()
+
+    def __new__(cls, call: PendingCall, values: list[Any] | None = None, error: XPCError | None = None) -> Resolved:
+        return tuple.__new__(cls, (call, values, error))
+
+    call = property(itemgetter(0))
+    values = property(itemgetter(1))
+    error = property(itemgetter(2))
 
 
 _new_event = tuple.__new__
