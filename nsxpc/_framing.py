@@ -25,6 +25,7 @@ from __future__ import annotations
 import struct
 from collections import deque
 from collections.abc import Sequence
+from operator import itemgetter
 
 from ._errors import ProtocolError
 
@@ -51,13 +52,8 @@ class Frame(tuple[bytes, tuple[int, ...]]):
     def __new__(cls, body: bytes, fds: tuple[int, ...] = ()) -> Frame:
         return tuple.__new__(cls, (body, fds))
 
-    @property
-    def body(self) -> bytes:
-        return self[0]
-
-    @property
-    def fds(self) -> tuple[int, ...]:
-        return self[1]
+    body = property(itemgetter(0))
+    fds = property(itemgetter(1))
 
     def __repr__(self) -> str:
         return f"Frame({len(self.body)} bytes, fds={self.fds})"

@@ -38,7 +38,7 @@ from . import _codec, _messages
 from ._coding import DecodeContext, EncodeContext, SlotType, decode_value, encode_value
 from ._errors import DecodingError, EncodingError, ProtocolError, ReplyInvalid, XPCError, error_for_code
 from ._fdvalues import NEVER, SCM_MAX_FD, MessageFds, close_fds, forget
-from ._framing import HEADER, FrameDecoder, encode_frame
+from ._framing import FrameDecoder, encode_frame
 from ._interface import Interface, MethodSpec
 from ._limits import DEFAULT_LIMITS, Limits
 
@@ -476,7 +476,7 @@ class ConnectionCore:
                 f"{method.selector}: the message is {len(body)} bytes, over the "
                 f"{self.limits.max_frame_size}-byte frame cap (nsxpc.Limits.max_frame_size)"
             )
-        return HEADER.pack(len(body), nfds, 0) + body  # encode_frame's work, one call less per message
+        return encode_frame(body, nfds)
 
     def failure(self, seq: int, error: XPCError) -> bytes:
         """Encode the error answer to call ``seq``."""
